@@ -1,0 +1,26 @@
+//! Shared plumbing of the editmgt-rs crates.
+//!
+//! Every component crate (`editmgt-vq`, `editmgt-text`, `editmgt-mgt`, ...) loads its part of a
+//! Hugging Face model folder the same way: a serde configuration read from `config.json`, and
+//! weights read from one safetensors file or from shards listed in a `*.safetensors.index.json`,
+//! memory-mapped and applied to a lazily initialised Burn module through `burn-store`. This crate
+//! holds that common path so the component crates only state *what* they load:
+//!
+//! - [`config`]: reading a JSON configuration into a serde struct, and refusing values a
+//!   component does not implement ([`LoadError::Unsupported`]).
+//! - [`weights`]: locating weight files ([`WeightFiles`]), loading them into a module in a chosen
+//!   [`FloatType`] ([`load_module`]), the checkpoint-to-module name mapping ([`KeyMap`]).
+//! - [`shapes`]: the checkpoint names and shapes a module expects, computed without
+//!   materialising a single weight (used by the real-shape tests).
+//! - [`LoadError`]: the typed error all of the above return, naming the file, tensor or field at
+//!   fault.
+
+pub mod config;
+mod dtype;
+mod error;
+pub mod shapes;
+pub mod weights;
+
+pub use dtype::FloatType;
+pub use error::LoadError;
+pub use weights::{KeyMap, WeightFiles, load_module};

@@ -1,0 +1,294 @@
+//! Locating and loading safetensors weights into Burn modules.
+//!
+//! Files are memory-mapped by `burn-store`; each tensor is read (and converted to the requested
+//! [`FloatType`], and transposed for `Linear` layers) only when the parameter it belongs to is
+//! set, so loading never holds a second full copy of the weights. Modules are built with lazy
+//! parameters, so their random initialisation never runs for a parameter the file provides.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn_store::burn_pack::Tensor as PackTensor;
+use burn_store::{
+    ApplyError, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
+    SafetensorsStore,
+};
+use serde::Deserialize;
+
+use crate::shapes::parameter_table;
+use crate::{FloatType, LoadError};
+
+/// The safetensors files holding one component's weights: a single file, or the shards listed
+/// in a `*.safetensors.index.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightFiles {
+    files: Vec<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl WeightFiles {
+    /// Finds `<stem>.safetensors`, or else `<stem>.safetensors.index.json` and its shards, in
+    /// `folder` (e.g. stem `model` or `diffusion_pytorch_model`).
+    pub fn discover(folder: &Path, stem: &str) -> Result<Self, LoadError> {
+        if !folder.is_dir() {
+            return Err(LoadError::MissingFolder {
+                path: folder.to_path_buf(),
+            });
+        }
+        let single = folder.join(format!("{stem}.safetensors"));
+        if single.is_file() {
+            return Ok(Self::single(single));
+        }
+        let index = folder.join(format!("{stem}.safetensors.index.json"));
+        if index.is_file() {
+            return Self::from_index(&index);
+        }
+        Err(LoadError::MissingFile {
+            path: single,
+            what: format!("weights (nor is there a sharded `{stem}.safetensors.index.json`)"),
+        })
+    }
+
+    /// One safetensors file.
+    pub fn single(path: impl Into<PathBuf>) -> Self {
+        Self {
+            files: vec![path.into()],
+        }
+    }
+
+    /// The shards listed in a Hugging Face `*.safetensors.index.json` (its `weight_map`), in
+    /// file-name order; every shard must exist.
+    pub fn from_index(index: &Path) -> Result<Self, LoadError> {
+        let parsed: ShardIndex = crate::config::read_json(index, "shard index")?;
+        let folder = index.parent().unwrap_or(Path::new("."));
+        let names: BTreeSet<&String> = parsed.weight_map.values().collect();
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            let path = folder.join(name);
+            if !path.is_file() {
+                return Err(LoadError::MissingFile {
+                    path,
+                    what: format!("a weight shard listed in `{}`", index.display()),
+                });
+            }
+            files.push(path);
+        }
+        if files.is_empty() {
+            return Err(LoadError::Weights {
+                path: index.to_path_buf(),
+                message: "the shard index lists no files".into(),
+            });
+        }
+        Ok(Self { files })
+    }
+
+    /// The files, in load order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The file named in error messages (the first shard).
+    pub fn primary(&self) -> &Path {
+        &self.files[0]
+    }
+
+    /// Names, dtypes and shapes of every tensor in the files (header only, nothing is read).
+    pub fn tensor_infos(&self) -> Result<BTreeMap<String, (String, Vec<usize>)>, LoadError> {
+        let mut out = BTreeMap::new();
+        for tensor in self.open()? {
+            out.insert(
+                tensor.name.clone(),
+                (format!("{:?}", tensor.dtype), tensor.shape.to_vec()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Opens every file (memory-mapped) and returns its tensors, unread.
+    fn open(&self) -> Result<Vec<PackTensor>, LoadError> {
+        let mut all = Vec::new();
+        for path in &self.files {
+            if !path.is_file() {
+                return Err(LoadError::MissingFile {
+                    path: path.clone(),
+                    what: "weights".into(),
+                });
+            }
+            let mut store = SafetensorsStore::from_file(path);
+            let tensors = store
+                .get_all_tensors()
+                .map_err(|e| LoadError::CorruptWeights {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            all.extend(tensors.values().cloned());
+        }
+        Ok(all)
+    }
+}
+
+/// How checkpoint tensor names map to a module's parameter paths.
+///
+/// Most of our modules name their fields exactly as the reference does, so the two agree. Where
+/// they cannot (an index into a heterogeneous `nn.Sequential`, say `ff.net.2`), a rule renames a
+/// dotted fragment: `rename("ff.net.2", "ff.proj_out")` maps `blocks.0.ff.net.2.weight` to
+/// `blocks.0.ff.proj_out.weight`. Fragments match whole dot-separated segments. `prefix` strips a
+/// leading fragment the module does not have (`text_model.`). Norm parameter names
+/// (`weight`/`bias` vs Burn's `gamma`/`beta`) and the `Linear` weight layout are handled by the
+/// loader and need no rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyMap {
+    rules: Vec<(String, String)>,
+}
+
+impl KeyMap {
+    /// No renaming.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a rule mapping the checkpoint fragment `checkpoint` to the module fragment `module`.
+    /// Either may be empty only for a leading prefix (see [`KeyMap::strip_prefix`]).
+    pub fn rename(mut self, checkpoint: &str, module: &str) -> Self {
+        self.rules
+            .push((checkpoint.to_string(), module.to_string()));
+        self
+    }
+
+    /// Adds a rule removing the leading fragment `prefix` (e.g. `text_model`) from checkpoint names.
+    pub fn strip_prefix(self, prefix: &str) -> Self {
+        self.rename(&format!("^{prefix}"), "^")
+    }
+
+    /// The module path of a checkpoint name.
+    pub fn to_module(&self, checkpoint_name: &str) -> String {
+        self.apply(checkpoint_name, false)
+    }
+
+    /// The checkpoint name of a module path.
+    pub fn to_checkpoint(&self, module_path: &str) -> String {
+        self.apply(module_path, true)
+    }
+
+    fn apply(&self, name: &str, reverse: bool) -> String {
+        // Delimit with '^' at the start and '.' at both ends so fragments match whole segments.
+        let mut text = format!("^.{name}.");
+        let rules: Box<dyn Iterator<Item = &(String, String)>> = if reverse {
+            Box::new(self.rules.iter().rev())
+        } else {
+            Box::new(self.rules.iter())
+        };
+        for (checkpoint, module) in rules {
+            let (from, to) = if reverse {
+                (module, checkpoint)
+            } else {
+                (checkpoint, module)
+            };
+            let (from, to) = (delimit(from), delimit(to));
+            text = text.replace(&from, &to);
+        }
+        text.trim_start_matches("^.")
+            .trim_start_matches('^')
+            .trim_end_matches('.')
+            .to_string()
+    }
+}
+
+/// `a.b` -> `.a.b.`; `^a` -> `^.a.`; `^` -> `^.`
+fn delimit(fragment: &str) -> String {
+    match fragment.strip_prefix('^') {
+        Some("") => "^.".to_string(),
+        Some(rest) => format!("^.{rest}."),
+        None => format!(".{fragment}."),
+    }
+}
+
+/// Loads `files` into `module`, converting every float tensor to `dtype`.
+///
+/// Checkpoint names are mapped to module paths with `keys`; checkpoint tensors the module does
+/// not have are ignored (they are never read). Every parameter of the module must be in the
+/// checkpoint with the right shape, otherwise the error names the first offending tensor (shape
+/// or dtype) or all missing ones.
+pub fn load_module<M>(
+    module: M,
+    files: &WeightFiles,
+    keys: &KeyMap,
+    dtype: FloatType,
+) -> Result<M, LoadError>
+where
+    M: Module + ModuleSnapshot,
+{
+    let mut module = module;
+    let tensors: Vec<PackTensor> = files
+        .open()?
+        .into_iter()
+        .map(|mut tensor| {
+            tensor.name = keys.to_module(&tensor.name);
+            tensor
+        })
+        .collect();
+    let file_shapes: BTreeMap<String, Vec<usize>> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.to_vec()))
+        .collect();
+
+    let adapter: Box<dyn ModuleAdapter> =
+        Box::new(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype.dtype())));
+    let result = module.apply(tensors, None, Some(adapter), false);
+
+    let path = files.primary().to_path_buf();
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        // Report in checkpoint terms: names after reverse mapping, shapes in checkpoint layout.
+        let table = parameter_table(&module, keys);
+        let checkpoint_of = |module_path: &str| {
+            table
+                .iter()
+                .find(|p| p.module_path == module_path)
+                .map(|p| (p.checkpoint_name.clone(), p.shape.clone()))
+                .unwrap_or_else(|| (keys.to_checkpoint(module_path), Vec::new()))
+        };
+        if let Some(error) = result.errors.first() {
+            return Err(match error {
+                ApplyError::ShapeMismatch { path: p, found, .. } => {
+                    let (tensor, expected) = checkpoint_of(p);
+                    let found = file_shapes
+                        .get(&keys.to_module(&tensor))
+                        .cloned()
+                        .unwrap_or_else(|| found.to_vec());
+                    LoadError::ShapeMismatch {
+                        path,
+                        tensor,
+                        expected,
+                        found,
+                    }
+                }
+                ApplyError::DTypeMismatch {
+                    path: p,
+                    expected,
+                    found,
+                } => LoadError::DTypeMismatch {
+                    path,
+                    tensor: checkpoint_of(p).0,
+                    expected: format!("{expected:?}"),
+                    found: format!("{found:?}"),
+                },
+                other => LoadError::Weights {
+                    path,
+                    message: other.to_string(),
+                },
+            });
+        }
+        let tensors = result
+            .missing
+            .iter()
+            .map(|(p, _)| checkpoint_of(p).0)
+            .collect();
+        return Err(LoadError::MissingTensors { path, tensors });
+    }
+    Ok(module)
+}
