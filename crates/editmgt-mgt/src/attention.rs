@@ -1,0 +1,304 @@
+//! Joint attention over `[text, image, reference]` with reference injection.
+//!
+//! Every block runs one attention over the concatenated sequence `[text, image, reference]`
+//! (reference last, present only when a reference grid is given). Image and reference tokens are
+//! projected with the same weights. With a reference strength `s != 1`, `log(s)` is added to the
+//! logits of every (reference query, non-reference key) and (non-reference query, reference key)
+//! pair: a `[S, S]` bias built once per forward and broadcast over batch and heads by the fused
+//! attention op, which never materialises the full attention matrix.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use crate::capture::{CaptureRows, text_to_image};
+use crate::norm::RmsNorm;
+use crate::rotary::{RotaryTable, apply_rotary};
+
+/// What every attention of one forward shares: sequence layout, rotary table, strength bias.
+pub(crate) struct JointContext {
+    /// Number of heads.
+    pub heads: usize,
+    /// Text rows `T`.
+    pub text_len: usize,
+    /// Image tokens `N` (the reference adds as many again).
+    pub image_len: usize,
+    /// 1 (image) or 2 (image and reference): the image stream is `[B, streams * N, D]`.
+    pub streams: usize,
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+    bias: Option<Tensor<4>>,
+}
+
+impl JointContext {
+    /// The context for `heads` heads over `[text, image(, reference)]` rows of `rotary`, with the
+    /// strength bias when `strength != 1` and a reference is present.
+    pub fn new(
+        heads: usize,
+        rotary: &RotaryTable,
+        with_reference: bool,
+        strength: f32,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        let (cos, sin) = rotary.joint(with_reference);
+        let (text_len, image_len) = (rotary.text_len(), rotary.image_len());
+        let bias = (with_reference && strength != 1.0)
+            .then(|| strength_bias(text_len + image_len, image_len, strength, dtype, device));
+        Self {
+            heads,
+            text_len,
+            image_len,
+            streams: if with_reference { 2 } else { 1 },
+            cos,
+            sin,
+            bias,
+        }
+    }
+
+    /// Joint sequence length.
+    pub fn seq_len(&self) -> usize {
+        self.text_len + self.streams * self.image_len
+    }
+}
+
+/// `[1, 1, S, S]` bias: `log(strength)` where exactly one of query and key is a reference token
+/// (the last `reference` of `S = main + reference` rows), zero elsewhere.
+fn strength_bias(
+    main: usize,
+    reference: usize,
+    strength: f32,
+    dtype: DType,
+    device: &Device,
+) -> Tensor<4> {
+    let seq = main + reference;
+    let is_ref: Vec<f32> = (0..seq).map(|i| if i >= main { 1.0 } else { 0.0 }).collect();
+    let is_ref = Tensor::<1>::from_data(TensorData::new(is_ref, [seq]), (device, DType::F32));
+    let rows = is_ref.clone().reshape([seq, 1]);
+    let cols = is_ref.reshape([1, seq]);
+    let crossing = (rows - cols).abs();
+    (crossing * (strength as f64).ln())
+        .reshape([1, 1, seq, seq])
+        .cast(dtype)
+}
+
+/// `[B, S, H * d]` to `[B, H, S, d]` (a view).
+fn heads_of(x: Tensor<3>, heads: usize, norm: Option<&RmsNorm>) -> Tensor<4> {
+    let [b, s, width] = x.dims();
+    let x = x.reshape([b, s, heads, width / heads]);
+    let x = match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
+    };
+    x.swap_dims(1, 2)
+}
+
+/// `[B, H, S, d]` to `[B, S, H * d]`.
+fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, s, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, s, h * d])
+}
+
+/// Which query rows an attention computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueryRows {
+    /// Every row of the joint sequence.
+    All,
+    /// Only the image rows (the last block: nothing else is read afterwards).
+    ImageOnly,
+}
+
+/// Rotary, optional capture, then the fused attention. `q`, `k`, `v` are `[B, H, S, d]` over
+/// the joint sequence; returns `[B, H, S', d]` for the requested query rows.
+fn attend(
+    ctx: &JointContext,
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    capture: Option<&CaptureRows>,
+    rows: QueryRows,
+) -> (Tensor<4>, Option<Tensor<3>>) {
+    let q = apply_rotary(q, &ctx.cos, &ctx.sin);
+    let k = apply_rotary(k, &ctx.cos, &ctx.sin);
+    let captured = capture.map(|r| text_to_image(&q, &k, ctx.text_len, ctx.image_len, r));
+    let (q, bias) = match rows {
+        QueryRows::All => (q, ctx.bias.clone()),
+        QueryRows::ImageOnly => (
+            q.narrow(2, ctx.text_len, ctx.image_len),
+            ctx.bias
+                .clone()
+                .map(|b| b.narrow(2, ctx.text_len, ctx.image_len)),
+        ),
+    };
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: false,
+    };
+    (attention(q, k, v, None, bias, options), captured)
+}
+
+/// The attention of a double-stream block: image/reference projections (`to_q/k/v`, `norm_q/k`,
+/// `to_out.0`) and text projections (`add_q/k/v_proj`, `norm_added_q/k`, `to_add_out`).
+#[derive(Module, Debug)]
+pub struct DoubleStreamAttention {
+    /// Image/reference queries.
+    pub to_q: Linear,
+    /// Image/reference keys.
+    pub to_k: Linear,
+    /// Image/reference values.
+    pub to_v: Linear,
+    /// RMSNorm of image/reference queries over the head width.
+    pub norm_q: RmsNorm,
+    /// RMSNorm of image/reference keys over the head width.
+    pub norm_k: RmsNorm,
+    /// Text queries.
+    pub add_q_proj: Linear,
+    /// Text keys.
+    pub add_k_proj: Linear,
+    /// Text values.
+    pub add_v_proj: Linear,
+    /// RMSNorm of text queries.
+    pub norm_added_q: RmsNorm,
+    /// RMSNorm of text keys.
+    pub norm_added_k: RmsNorm,
+    /// Image/reference output projection (`to_out.0` in the checkpoint).
+    pub to_out: Linear,
+    /// Text output projection.
+    pub to_add_out: Linear,
+}
+
+impl DoubleStreamAttention {
+    /// Attention of width `heads * head_dim`.
+    pub fn new(heads: usize, head_dim: usize, device: &Device) -> Self {
+        let dim = heads * head_dim;
+        let linear = || LinearConfig::new(dim, dim).init(device);
+        Self {
+            to_q: linear(),
+            to_k: linear(),
+            to_v: linear(),
+            norm_q: RmsNorm::new(head_dim, device),
+            norm_k: RmsNorm::new(head_dim, device),
+            add_q_proj: linear(),
+            add_k_proj: linear(),
+            add_v_proj: linear(),
+            norm_added_q: RmsNorm::new(head_dim, device),
+            norm_added_k: RmsNorm::new(head_dim, device),
+            to_out: linear(),
+            to_add_out: linear(),
+        }
+    }
+
+    /// Attends normalised text `[B, T, D]` and image stream `[B, streams*N, D]`; returns their
+    /// projected outputs and the capture, if requested.
+    pub(crate) fn forward(
+        &self,
+        ctx: &JointContext,
+        text: Tensor<3>,
+        image: Tensor<3>,
+        capture: Option<&CaptureRows>,
+    ) -> (Tensor<3>, Tensor<3>, Option<Tensor<3>>) {
+        let h = ctx.heads;
+        let q = Tensor::cat(
+            vec![
+                heads_of(self.add_q_proj.forward(text.clone()), h, Some(&self.norm_added_q)),
+                heads_of(self.to_q.forward(image.clone()), h, Some(&self.norm_q)),
+            ],
+            2,
+        );
+        let k = Tensor::cat(
+            vec![
+                heads_of(self.add_k_proj.forward(text.clone()), h, Some(&self.norm_added_k)),
+                heads_of(self.to_k.forward(image.clone()), h, Some(&self.norm_k)),
+            ],
+            2,
+        );
+        let v = Tensor::cat(
+            vec![
+                heads_of(self.add_v_proj.forward(text), h, None),
+                heads_of(self.to_v.forward(image), h, None),
+            ],
+            2,
+        );
+        let (out, captured) = attend(ctx, q, k, v, capture, QueryRows::All);
+        let t = ctx.text_len;
+        let rest = ctx.seq_len() - t;
+        let text_out = merge_heads(out.clone().narrow(2, 0, t));
+        let image_out = merge_heads(out.narrow(2, t, rest));
+        (
+            self.to_add_out.forward(text_out),
+            self.to_out.forward(image_out),
+            captured,
+        )
+    }
+}
+
+/// The attention of a single-stream block: one set of projections for text, image and
+/// reference, no output projection (the block's `proj_out` follows).
+#[derive(Module, Debug)]
+pub struct SingleStreamAttention {
+    /// Queries.
+    pub to_q: Linear,
+    /// Keys.
+    pub to_k: Linear,
+    /// Values.
+    pub to_v: Linear,
+    /// RMSNorm of queries over the head width.
+    pub norm_q: RmsNorm,
+    /// RMSNorm of keys over the head width.
+    pub norm_k: RmsNorm,
+}
+
+impl SingleStreamAttention {
+    /// Attention of width `heads * head_dim`.
+    pub fn new(heads: usize, head_dim: usize, device: &Device) -> Self {
+        let dim = heads * head_dim;
+        let linear = || LinearConfig::new(dim, dim).init(device);
+        Self {
+            to_q: linear(),
+            to_k: linear(),
+            to_v: linear(),
+            norm_q: RmsNorm::new(head_dim, device),
+            norm_k: RmsNorm::new(head_dim, device),
+        }
+    }
+
+    /// Attends normalised text `[B, T, D]` and image stream `[B, streams*N, D]`. Returns the
+    /// text rows' output (`None` with [`QueryRows::ImageOnly`]), the image stream's (only the
+    /// image rows with [`QueryRows::ImageOnly`]) and the capture, if requested.
+    pub(crate) fn forward(
+        &self,
+        ctx: &JointContext,
+        text: Tensor<3>,
+        image: Tensor<3>,
+        capture: Option<&CaptureRows>,
+        rows: QueryRows,
+    ) -> (Option<Tensor<3>>, Tensor<3>, Option<Tensor<3>>) {
+        let h = ctx.heads;
+        let project = |linear: &Linear, norm: Option<&RmsNorm>| {
+            Tensor::cat(
+                vec![
+                    heads_of(linear.forward(text.clone()), h, norm),
+                    heads_of(linear.forward(image.clone()), h, norm),
+                ],
+                2,
+            )
+        };
+        let q = project(&self.to_q, Some(&self.norm_q));
+        let k = project(&self.to_k, Some(&self.norm_k));
+        let v = project(&self.to_v, None);
+        let (out, captured) = attend(ctx, q, k, v, capture, rows);
+        match rows {
+            QueryRows::All => {
+                let t = ctx.text_len;
+                let rest = ctx.seq_len() - t;
+                let text_out = merge_heads(out.clone().narrow(2, 0, t));
+                let image_out = merge_heads(out.narrow(2, t, rest));
+                (Some(text_out), image_out, captured)
+            }
+            QueryRows::ImageOnly => (None, merge_heads(out), captured),
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Conditioning embeddings: sinusoidal timestep / micro-condition embeddings, `cond_embed` and
+//! `time_text_embed`.
+//!
+//! Sinusoidal embeddings follow diffusers' `get_timestep_embedding` with `flip_sin_to_cos`
+//! (cosines first), `downscale_freq_shift 0` and max period 10000, reproducing its float32
+//! rounding: the frequencies and the products `value * frequency` are float32, the sine and
+//! cosine of those products are exact.
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+/// The float32 frequencies of a `dim`-wide sinusoidal embedding (`dim / 2` of them).
+pub(crate) fn sinusoid_frequencies(dim: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let log_period = -(10_000f64.ln()) as f32;
+    (0..half)
+        .map(|k| {
+            let exponent = (log_period * k as f32) / half as f32;
+            (exponent as f64).exp() as f32
+        })
+        .collect()
+}
+
+/// The `dim`-wide embedding of one value, `[cos(v f_0) .. cos(v f_h), sin(v f_0) .. sin(v f_h)]`.
+pub(crate) fn sinusoid_host(value: f32, dim: usize) -> Vec<f32> {
+    let freqs = sinusoid_frequencies(dim);
+    let args: Vec<f64> = freqs.iter().map(|f| (value * f) as f64).collect();
+    let mut out: Vec<f32> = args.iter().map(|a| a.cos() as f32).collect();
+    out.extend(args.iter().map(|a| a.sin() as f32));
+    out.resize(dim, 0.0);
+    out
+}
+
+/// Sinusoidal embeddings of every value of `values` (`[B, K]`, float32), concatenated per row:
+/// `[B, K * dim]` (value-major, each `[cos.., sin..]`).
+pub(crate) fn sinusoid_rows(values: Tensor<2>, dim: usize) -> Tensor<2> {
+    let [batch, count] = values.dims();
+    let device = values.device();
+    let freqs = sinusoid_frequencies(dim);
+    let half = freqs.len();
+    let freqs = Tensor::<2>::from_data(TensorData::new(freqs, [1, half]), (&device, DType::F32));
+    let args = values.cast(DType::F32).reshape([batch * count, 1]) * freqs;
+    Tensor::cat(vec![args.clone().cos(), args.sin()], 1).reshape([batch, count * 2 * half])
+}
+
+/// Linear, SiLU, Linear: diffusers' `TimestepEmbedding` and `PixArtAlphaTextProjection`
+/// (`act_fn="silu"`), which have the same parameters (`linear_1`, `linear_2`).
+#[derive(Module, Debug)]
+pub struct MlpEmbedding {
+    /// First projection.
+    pub linear_1: Linear,
+    /// Second projection.
+    pub linear_2: Linear,
+}
+
+impl MlpEmbedding {
+    /// `d_in -> d_hidden -> d_out`, with or without biases.
+    pub fn new(d_in: usize, d_hidden: usize, d_out: usize, bias: bool, device: &Device) -> Self {
+        Self {
+            linear_1: LinearConfig::new(d_in, d_hidden)
+                .with_bias(bias)
+                .init(device),
+            linear_2: LinearConfig::new(d_hidden, d_out)
+                .with_bias(bias)
+                .init(device),
+        }
+    }
+
+    /// Applies the embedding to `[.., d_in]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.linear_2.forward(silu(self.linear_1.forward(x)))
+    }
+}
+
+/// `time_text_embed`: `temb = timestep_embedder(sin256(t * 1000)) + text_embedder(c)`, where `c`
+/// is `cond_embed`'s output (diffusers' `CombinedTimestepTextProjEmbeddings` with the pooled
+/// width equal to the transformer width).
+#[derive(Module, Debug)]
+pub struct TimeTextEmbedding {
+    /// Embeds the sinusoidal timestep (256 -> width).
+    pub timestep_embedder: MlpEmbedding,
+    /// Embeds the conditioning vector (width -> width).
+    pub text_embedder: MlpEmbedding,
+}
+
+impl TimeTextEmbedding {
+    /// The embedding for transformer width `dim`.
+    pub fn new(dim: usize, device: &Device) -> Self {
+        Self {
+            timestep_embedder: MlpEmbedding::new(
+                crate::config::TIMESTEP_EMBED_DIM,
+                dim,
+                dim,
+                true,
+                device,
+            ),
+            text_embedder: MlpEmbedding::new(dim, dim, dim, true, device),
+        }
+    }
+
+    /// The timestep part for step index `t` (the reference multiplies it by 1000 first):
+    /// `[1, dim]` in `dtype`.
+    pub fn timestep(&self, t: f32, dtype: DType, device: &Device) -> Tensor<2> {
+        let dim = crate::config::TIMESTEP_EMBED_DIM;
+        let embedding = sinusoid_host(t * 1000.0, dim);
+        let embedding = Tensor::<2>::from_data(TensorData::new(embedding, [1, dim]), (device, dtype));
+        self.timestep_embedder.forward(embedding)
+    }
+}
