@@ -43,12 +43,11 @@ fn assert_same_ids(what: &str, ours: &TokenIds, expected: &TokenIds, prompts: &[
         ours.batch_size(),
         ours.seq_len()
     );
-    for i in 0..ours.batch_size() {
+    for (i, prompt) in prompts.iter().enumerate() {
         assert_eq!(
             ours.row(i),
             expected.row(i),
-            "{what}: row {i} differs for prompt {:?}",
-            prompts[i]
+            "{what}: row {i} differs for prompt {prompt:?}"
         );
     }
 }

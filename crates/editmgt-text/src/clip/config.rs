@@ -108,7 +108,8 @@ impl ClipTextConfig {
         req.check(
             "num_attention_heads",
             &self.num_attention_heads,
-            self.num_attention_heads > 0 && self.hidden_size % self.num_attention_heads == 0,
+            self.num_attention_heads > 0
+                && self.hidden_size.is_multiple_of(self.num_attention_heads),
             "must divide hidden_size",
         );
         req.check(

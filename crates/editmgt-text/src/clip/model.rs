@@ -313,7 +313,7 @@ impl ClipTextEncoder {
             .position_embedding
             .weight
             .val()
-            .slice([0..t])
+            .narrow(0, 0, t)
             .cast(DType::F32)
             .unsqueeze_dim::<3>(0);
         let mut x = tokens + positions;

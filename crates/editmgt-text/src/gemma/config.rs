@@ -138,13 +138,15 @@ impl Gemma2Config {
             "num_key_value_heads",
             &self.num_key_value_heads,
             self.num_key_value_heads > 0
-                && self.num_attention_heads % self.num_key_value_heads == 0,
+                && self
+                    .num_attention_heads
+                    .is_multiple_of(self.num_key_value_heads),
             "must divide num_attention_heads",
         );
         req.check(
             "head_dim",
             &self.head_dim,
-            self.head_dim > 0 && self.head_dim % 2 == 0,
+            self.head_dim > 0 && self.head_dim.is_multiple_of(2),
             "must be positive and even (rotary embedding rotates halves)",
         );
         req.check(
