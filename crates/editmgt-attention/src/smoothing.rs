@@ -202,7 +202,7 @@ pub fn variance_filter(
     grid: ArrayView2<'_, f32>,
     size: usize,
 ) -> Result<Array2<f32>, AttentionError> {
-    if size == 0 || size % 2 == 0 {
+    if size.is_multiple_of(2) {
         return Err(AttentionError::invalid("size", size, "must be odd"));
     }
     let (h, w) = grid.dim();

@@ -44,7 +44,7 @@ pub fn guide_in_place(uncond: &mut [f32], cond: &[f32], scale: f32) -> Result<()
 /// Guidance on the transformer's doubled batch: `logits` is `[2B, ...]` with the unconditional
 /// half first (the reference's `[negative, positive]` order); returns the guided `[B, ...]`.
 pub fn guide_batch_halves(logits: &[f32], scale: f32) -> Result<Vec<f32>, SamplerError> {
-    if logits.len() % 2 != 0 {
+    if !logits.len().is_multiple_of(2) {
         return Err(SamplerError::LengthMismatch {
             what: "doubled guidance batch (must split in two equal halves)",
             expected: logits.len() + 1,

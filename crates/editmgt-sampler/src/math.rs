@@ -17,19 +17,14 @@
 pub fn exp_f32(x: f32) -> f32 {
     const R_LN2: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in a high part with few mantissa bits (so `q * L2U` is exact) and the rest.
-    const L2U: f32 = 0.693_145_751_953_125;
-    const L2L: f32 = 1.428_606_765_330_187e-6;
+    // (0.693145751953125 and 1.428606765330187e-6, written as bits to state them exactly).
+    const L2U: f32 = f32::from_bits(0x3f31_7200);
+    const L2L: f32 = f32::from_bits(0x35bf_be8e);
     // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer (ties to even) for
     // |v| < 2^22.
     const ROUND: f32 = 12_582_912.0;
 
-    let d = if x < -104.0 {
-        -104.0
-    } else if x > 104.0 {
-        104.0
-    } else {
-        x
-    };
+    let d = x.clamp(-104.0, 104.0); // NaN stays NaN
     let qf = (d * R_LN2 + ROUND) - ROUND;
     let q = qf as i32;
     let mut s = d - qf * L2U;
