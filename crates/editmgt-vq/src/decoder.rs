@@ -1,0 +1,107 @@
+//! The VQ decoder: latent grid -> image (diffusers `Decoder` with `UpDecoderBlock2D`s).
+
+use burn::module::Module;
+use burn::nn::GroupNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+
+use crate::VqConfig;
+use crate::encoder::MidBlock;
+use crate::resnet::{ResnetBlock, conv3x3, group_norm};
+
+/// Nearest-neighbour x2 upsampling followed by a 3x3 convolution (diffusers `Upsample2D`).
+#[derive(Module, Debug)]
+struct Upsample {
+    conv: Conv2d,
+}
+
+impl Upsample {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.conv.forward(nearest_2x(x))
+    }
+}
+
+/// Repeats every pixel into a 2x2 block (exactly PyTorch's `interpolate(scale_factor=2,
+/// mode="nearest")`).
+fn nearest_2x(x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
+}
+
+/// One resolution level: `layers_per_block + 1` ResNet blocks, then (all but the last level) an
+/// upsample.
+#[derive(Module, Debug)]
+struct UpBlock {
+    resnets: Vec<ResnetBlock>,
+    upsamplers: Vec<Upsample>,
+}
+
+/// The decoder.
+#[derive(Module, Debug)]
+pub(crate) struct Decoder {
+    conv_in: Conv2d,
+    mid_block: MidBlock,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Decoder {
+    pub(crate) fn new(config: &VqConfig, device: &Device) -> Self {
+        let widths: Vec<usize> = config.block_out_channels.iter().rev().copied().collect();
+        let groups = config.norm_num_groups;
+        let last = widths.len() - 1;
+        let mut channels = widths[0];
+        let up_blocks = widths
+            .iter()
+            .enumerate()
+            .map(|(level, &width)| {
+                let resnets = (0..=config.layers_per_block)
+                    .map(|i| {
+                        ResnetBlock::new(
+                            if i == 0 { channels } else { width },
+                            width,
+                            groups,
+                            device,
+                        )
+                    })
+                    .collect();
+                channels = width;
+                let upsamplers = if level < last {
+                    vec![Upsample {
+                        conv: conv3x3(width, width, device),
+                    }]
+                } else {
+                    Vec::new()
+                };
+                UpBlock {
+                    resnets,
+                    upsamplers,
+                }
+            })
+            .collect();
+        Self {
+            conv_in: conv3x3(config.latent_channels, widths[0], device),
+            mid_block: MidBlock::new(widths[0], groups, device),
+            up_blocks,
+            conv_norm_out: group_norm(groups, widths[last], device),
+            conv_out: conv3x3(widths[last], config.out_channels, device),
+        }
+    }
+
+    pub(crate) fn forward(&self, latents: Tensor<4>) -> Tensor<4> {
+        let mut x = self.mid_block.forward(self.conv_in.forward(latents));
+        for block in &self.up_blocks {
+            for resnet in &block.resnets {
+                x = resnet.forward(x);
+            }
+            for up in &block.upsamplers {
+                x = up.forward(x);
+            }
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}

@@ -1,0 +1,159 @@
+//! Parity with the PyTorch reference (`cases/vq.safetensors`), in f32 and from f16/bf16 weights.
+
+use std::collections::HashMap;
+
+use burn::tensor::{Device, Int, Tensor};
+use editmgt_core::FloatType;
+use editmgt_testkit::{Case, assert_close, model_dir, relative_max_error, to_f32_vec, to_i64_vec};
+use editmgt_vq::VqModel;
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
+
+struct Outputs {
+    latents: Vec<f32>,
+    quantized: Vec<f32>,
+    indices: Vec<i64>,
+    decoded: Vec<f32>,
+}
+
+fn run(model: &VqModel, case: &Case, device: &Device) -> Outputs {
+    let pixels: Tensor<4> = case.float_tensor("pixel_values", device);
+    let latents = model.encode(pixels).unwrap();
+    let indices = model.quantize(latents.clone());
+    let quantized = model.dequantize(indices.clone()).unwrap();
+    // Decoding starts from the fixture's indices, as the reference did.
+    let fixture_indices: Tensor<3, Int> = case.int_tensor("indices", device);
+    let decoded = model.decode(fixture_indices).unwrap();
+    Outputs {
+        latents: to_f32_vec(latents),
+        quantized: to_f32_vec(quantized),
+        indices: to_i64_vec(indices),
+        decoded: to_f32_vec(decoded),
+    }
+}
+
+#[test]
+fn matches_reference_in_f32() {
+    let device = Device::flex();
+    let case = Case::open("vq");
+    let model = VqModel::from_folder(model_dir().join("vqvae"), &device, FloatType::F32).unwrap();
+    let out = run(&model, &case, &device);
+
+    let latents = case.f32("latents");
+    assert_close("vq latents", &out.latents, &latents.data, 1e-4);
+    let quantized = case.f32("quantized");
+    assert_close("vq quantized", &out.quantized, &quantized.data, 1e-4);
+    let indices = case.i64("indices");
+    let same = out
+        .indices
+        .iter()
+        .zip(&indices.data)
+        .filter(|(a, b)| a == b)
+        .count();
+    println!("parity vq indices: {same}/{} identical", indices.data.len());
+    assert_eq!(out.indices, indices.data, "VQ indices differ");
+    let decoded = case.f32("decoded");
+    assert_close("vq decoded", &out.decoded, &decoded.data, 1e-3);
+}
+
+/// Writes the tiny VQ weights converted to `dtype` into a model folder.
+fn half_copy(dtype: Dtype, dir: &std::path::Path) {
+    let src = model_dir().join("vqvae");
+    let bytes = std::fs::read(src.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let converted: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), Dtype::F32, "{name}");
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|c| {
+                    let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    match dtype {
+                        Dtype::F16 => half::f16::from_f32(x).to_le_bytes(),
+                        Dtype::BF16 => half::bf16::from_f32(x).to_le_bytes(),
+                        _ => unreachable!(),
+                    }
+                })
+                .collect();
+            (name, view.shape().to_vec(), data)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = converted
+        .iter()
+        .map(|(n, s, d)| (n.clone(), TensorView::new(dtype, s.clone(), d).unwrap()))
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("diffusion_pytorch_model.safetensors"),
+        safetensors::serialize(views, None::<HashMap<String, String>>).unwrap(),
+    )
+    .unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+}
+
+#[test]
+fn half_precision_weights_match_f32() {
+    let device = Device::flex();
+    let case = Case::open("vq");
+    let reference =
+        VqModel::from_folder(model_dir().join("vqvae"), &device, FloatType::F32).unwrap();
+    let expected = run(&reference, &case, &device);
+    let tmp = tempfile::tempdir().unwrap();
+    for (dtype, tol) in [(Dtype::F16, 1e-2), (Dtype::BF16, 5e-2)] {
+        let dir = tmp.path().join(format!("{dtype:?}"));
+        half_copy(dtype, &dir);
+        // Stored in half precision, loaded into f32: only the rounding of the weights differs.
+        let model = VqModel::from_folder(&dir, &device, FloatType::F32).unwrap();
+        let out = run(&model, &case, &device);
+        let latents = relative_max_error(&out.latents, &expected.latents);
+        let decoded = relative_max_error(&out.decoded, &expected.decoded);
+        let same = out
+            .indices
+            .iter()
+            .zip(&expected.indices)
+            .filter(|(a, b)| a == b)
+            .count();
+        println!(
+            "{dtype:?} weights: latents {latents:.2e}, decoded {decoded:.2e}, indices {same}/{} identical",
+            expected.indices.len()
+        );
+        assert!(
+            latents <= tol,
+            "{dtype:?} latents: {latents:.3e} > {tol:.0e}"
+        );
+        assert!(
+            decoded <= tol,
+            "{dtype:?} decoded: {decoded:.3e} > {tol:.0e}"
+        );
+        // Near-tie codebook distances may flip under weight rounding; nearly all must agree.
+        assert!(
+            same * 10 >= expected.indices.len() * 9,
+            "{dtype:?}: only {same} indices agree"
+        );
+    }
+}
+
+#[test]
+fn computes_in_half_precision() {
+    let device = Device::flex();
+    let case = Case::open("vq");
+    let reference =
+        VqModel::from_folder(model_dir().join("vqvae"), &device, FloatType::F32).unwrap();
+    let expected = run(&reference, &case, &device);
+    for (dtype, tol) in [(FloatType::F16, 2e-2), (FloatType::BF16, 1e-1)] {
+        if !device.supports_dtype(dtype.dtype()) {
+            panic!("the flex device must support {dtype}");
+        }
+        let model = VqModel::from_folder(model_dir().join("vqvae"), &device, dtype).unwrap();
+        assert_eq!(model.float_type(), dtype);
+        let out = run(&model, &case, &device);
+        let latents = relative_max_error(&out.latents, &expected.latents);
+        let decoded = relative_max_error(&out.decoded, &expected.decoded);
+        println!("{dtype} compute: latents {latents:.2e}, decoded {decoded:.2e}");
+        assert!(latents <= tol, "{dtype} latents: {latents:.3e} > {tol:.0e}");
+        assert!(decoded <= tol, "{dtype} decoded: {decoded:.3e} > {tol:.0e}");
+    }
+}
