@@ -366,3 +366,74 @@ impl GemmaEncoder {
         Ok(x)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_window_masks_keys_at_or_beyond_the_window() {
+        // transformers: tril(ones, diagonal=-window) is masked, i.e. k <= q - window.
+        let device = Device::flex();
+        let mask = sliding_window_mask(5, 2, &device)
+            .into_data()
+            .try_to_vec::<bool>()
+            .unwrap();
+        for q in 0..5 {
+            for k in 0..5 {
+                assert_eq!(mask[q * 5 + k], k + 2 <= q, "q {q} k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn even_layers_slide_and_odd_layers_do_not() {
+        let config = Gemma2Config {
+            num_hidden_layers: 5,
+            vocab_size: 8,
+            hidden_size: 8,
+            intermediate_size: 8,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 4,
+            sliding_window: Some(3),
+            ..Gemma2Config::default()
+        };
+        let stack = Gemma2Stack::new(&config, config.encoder_layers(), &Device::flex());
+        let windows: Vec<_> = stack.layers.iter().map(|l| l.sliding_window).collect();
+        assert_eq!(windows, vec![Some(3), None, Some(3), None]);
+    }
+
+    #[test]
+    fn a_short_window_changes_the_output_and_a_long_one_does_not() {
+        let device = Device::flex();
+        let config = |window| Gemma2Config {
+            num_hidden_layers: 2,
+            vocab_size: 16,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 4,
+            sliding_window: Some(window),
+            ..Gemma2Config::default()
+        };
+        let ids = TokenIds::from_rows(vec![(0..12).map(|i| i % 16).collect()]).unwrap();
+        let run = |window: usize| {
+            device.seed(7);
+            let gemma = GemmaEncoder::new(config(window), &device);
+            gemma
+                .forward(&ids)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        let full = run(64);
+        assert_eq!(full, run(12), "a window covering the sequence is a no-op");
+        let short = run(3);
+        // Rows within the window of every key agree, later ones differ.
+        assert_eq!(full[..3 * 8], short[..3 * 8]);
+        assert_ne!(full[3 * 8..], short[3 * 8..]);
+    }
+}

@@ -51,3 +51,27 @@ impl Rotary {
         x * self.cos.clone() + rotated * self.sin.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotates_the_two_halves_by_position_times_frequency() {
+        let device = Device::flex();
+        let (d, t) = (4, 3);
+        let rotary = Rotary::new(d, 10000.0, t, &device);
+        let x: Vec<f32> = (0..t * d).map(|i| 0.1 * i as f32 + 0.3).collect();
+        let input = Tensor::<4>::from_data(TensorData::new(x.clone(), [1, 1, t, d]), &device);
+        let out = rotary.apply(input).into_data().try_to_vec::<f32>().unwrap();
+        for p in 0..t {
+            for i in 0..d / 2 {
+                let angle = p as f32 / 10000f32.powf((2 * i) as f32 / d as f32);
+                let (a, b) = (x[p * d + i], x[p * d + i + d / 2]);
+                let (c, s) = (angle.cos(), angle.sin());
+                assert!((out[p * d + i] - (a * c - b * s)).abs() < 1e-6);
+                assert!((out[p * d + i + d / 2] - (b * c + a * s)).abs() < 1e-6);
+            }
+        }
+    }
+}
