@@ -68,6 +68,41 @@ fn clip_token_ids_match_for_both_pad_tokens() {
 }
 
 #[test]
+fn clip_tokenizer_from_a_tokenizer_json_gives_the_same_ids() {
+    // A folder with only `tokenizer.json` (plus the configs naming the special tokens), as a
+    // saved fast tokenizer has: written from the vocab/merges build, then loaded from it.
+    let case = Case::open("text");
+    let prompts = prompts(&case);
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    for (folder, fixture) in [
+        ("tokenizer", "clip_input_ids"),
+        ("tokenizer_eot_pad", "clip_input_ids_eot_pad"),
+    ] {
+        let source = model_dir().join(folder);
+        let built = ClipTokenizer::from_folder(&source).unwrap();
+        let target = dir.path().join(folder);
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(
+            target.join("tokenizer.json"),
+            built.inner().to_string(false).unwrap(),
+        )
+        .unwrap();
+        for file in ["tokenizer_config.json", "special_tokens_map.json"] {
+            std::fs::copy(source.join(file), target.join(file)).unwrap();
+        }
+        let loaded = ClipTokenizer::from_folder(&target).unwrap();
+        let ours = loaded.encode(&refs).unwrap();
+        assert_same_ids(
+            &format!("{folder} via tokenizer.json"),
+            &ours,
+            &fixture_ids(&case, fixture),
+            &prompts,
+        );
+    }
+}
+
+#[test]
 fn gemma_token_ids_match_and_pad_on_the_reference_side() {
     let case = Case::open("text");
     let prompts = prompts(&case);
