@@ -1,0 +1,178 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use editmgt_pipeline::{DeviceSpec, FloatType};
+
+/// Instruction-based image editing with EditMGT (masked generative transformer).
+#[derive(Debug, Parser)]
+#[command(name = "editmgt", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Edit an image as an instruction says.
+    Edit(EditArgs),
+    /// Generate an image from a prompt.
+    Generate(GenerateArgs),
+}
+
+/// Where the model is and what it runs on.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A model folder in the released layout, or a Hugging Face repository id.
+    #[arg(long, default_value = "WeiChow/EditMGT")]
+    pub model: String,
+    /// The backend: cpu, wgpu, cuda or cuda:N (GPU backends need their Cargo feature).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceSpec,
+    /// The float type of the weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32", value_parser = parse_float)]
+    pub dtype: FloatType,
+    /// Load the text encoders for each run and drop them after encoding (less memory).
+    #[arg(long)]
+    pub low_memory: bool,
+}
+
+/// Sampling parameters shared by both subcommands.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// The negative prompt (default: the released one).
+    #[arg(long)]
+    pub negative: Option<String>,
+    /// Sampling steps.
+    #[arg(long, default_value_t = 36)]
+    pub steps: usize,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 6.0)]
+    pub guidance: f32,
+    /// Seed of the noise (the same seed gives the same result on every platform).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Do not show a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `editmgt edit`.
+#[derive(Debug, Args)]
+pub struct EditArgs {
+    /// The image to edit (PNG, JPEG or WebP).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The instruction.
+    #[arg(long)]
+    pub prompt: String,
+    /// Where to write the edited image (format from the extension).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model and device.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sampling.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Reference strength: how strongly the source is attended to (1 is neutral).
+    #[arg(long, default_value_t = 1.1)]
+    pub strength: f32,
+    /// A mask image (white = repaint); any size.
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// Region hold threshold in [0, 1]: tokens scoring below it keep their source value
+    /// (0.01 is the released suggestion).
+    #[arg(long)]
+    pub hold: Option<f32>,
+    /// Blocks whose attention localises the edit: `28..36` (inclusive) or `2,4`.
+    #[arg(long, value_parser = parse_blocks)]
+    pub hold_blocks: Option<Vec<usize>>,
+    /// Localise only these words of the instruction.
+    #[arg(long)]
+    pub query: Option<String>,
+    /// Write the localisation heatmap (mean over steps) over the source image to this PNG.
+    #[arg(long)]
+    pub heatmap: Option<PathBuf>,
+}
+
+/// `editmgt generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The prompt.
+    #[arg(long)]
+    pub prompt: String,
+    /// Where to write the image.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model and device.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sampling.
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse().map_err(|e: editmgt_pipeline::EditError| e.to_string())
+}
+
+fn parse_float(s: &str) -> Result<FloatType, String> {
+    s.parse()
+}
+
+/// `a..b` / `a..=b` (both inclusive) or a comma list.
+pub fn parse_blocks(s: &str) -> Result<Vec<usize>, String> {
+    let number = |t: &str| {
+        t.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{t}` is not a block number"))
+    };
+    if let Some((a, b)) = s.split_once("..") {
+        let (a, b) = (number(a)?, number(b.trim_start_matches('='))?);
+        if a > b {
+            return Err(format!("empty block range `{s}`"));
+        }
+        return Ok((a..=b).collect());
+    }
+    let blocks = s.split(',').map(number).collect::<Result<Vec<_>, _>>()?;
+    if blocks.is_empty() {
+        return Err("no blocks".into());
+    }
+    Ok(blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_lists() {
+        assert_eq!(parse_blocks("28..36").unwrap(), (28..=36).collect::<Vec<_>>());
+        assert_eq!(parse_blocks("28..=30").unwrap(), vec![28, 29, 30]);
+        assert_eq!(parse_blocks("2,4").unwrap(), vec![2, 4]);
+        assert!(parse_blocks("5..2").is_err());
+        assert!(parse_blocks("a").is_err());
+    }
+
+    #[test]
+    fn arguments_parse() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "editmgt", "edit", "--image", "a.png", "--prompt", "p", "--out", "b.png", "--hold",
+            "0.01", "--hold-blocks", "28..36", "--dtype", "bf16", "--device", "cuda:1",
+        ])
+        .unwrap();
+        let Command::Edit(args) = cli.command else {
+            panic!("edit")
+        };
+        assert_eq!(args.hold, Some(0.01));
+        assert_eq!(args.model.dtype, FloatType::BF16);
+        assert_eq!(args.model.device, DeviceSpec::Cuda(1));
+        assert_eq!(args.hold_blocks.unwrap().len(), 9);
+    }
+}

@@ -1,0 +1,177 @@
+//! Running the subcommands.
+
+use std::error::Error;
+use std::path::Path;
+use std::time::Duration;
+
+use editmgt_pipeline::{
+    EditRequest, Editor, EditorOptions, Flow, GenerateRequest, Hooks, RegionHold, ScoreMap,
+    StepEvent, TextEncoders,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::{Cli, Command, EditArgs, GenerateArgs, ModelArgs};
+
+/// Boxed errors of any layer.
+pub type AnyError = Box<dyn Error + Send + Sync>;
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<(), AnyError> {
+    match cli.command {
+        Command::Edit(args) => edit(args),
+        Command::Generate(args) => generate(args),
+    }
+}
+
+/// One line: the error and its causes.
+pub fn describe(error: &(dyn Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}
+
+fn load(args: &ModelArgs) -> Result<Editor, AnyError> {
+    let device = args.device.device()?;
+    let options = EditorOptions {
+        float: args.dtype,
+        text_encoders: if args.low_memory {
+            TextEncoders::LoadPerCall
+        } else {
+            TextEncoders::Keep
+        },
+        ..EditorOptions::default()
+    };
+    let path = Path::new(&args.model);
+    if path.is_dir() {
+        return Ok(Editor::from_folder(path, &device, options)?);
+    }
+    from_hub(&args.model, &device, options)
+}
+
+#[cfg(feature = "hub")]
+fn from_hub(
+    id: &str,
+    device: &editmgt_pipeline::Device,
+    options: EditorOptions,
+) -> Result<Editor, AnyError> {
+    if !id.contains('/') {
+        return Err(format!("`{id}` is neither a model folder nor a Hugging Face repository id").into());
+    }
+    Ok(Editor::from_hub(id, device, options)?)
+}
+
+#[cfg(not(feature = "hub"))]
+fn from_hub(
+    id: &str,
+    _device: &editmgt_pipeline::Device,
+    _options: EditorOptions,
+) -> Result<Editor, AnyError> {
+    Err(format!(
+        "model folder `{id}` does not exist (downloading from the Hugging Face Hub needs the `hub` feature)"
+    )
+    .into())
+}
+
+fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn edit(args: EditArgs) -> Result<(), AnyError> {
+    let image = editmgt_pipeline::load_image(&args.image)?;
+    let mut request = EditRequest::new(&args.prompt)
+        .steps(args.sampling.steps)
+        .guidance(args.sampling.guidance)
+        .reference_strength(args.strength)
+        .seed(args.sampling.seed);
+    if let Some(negative) = &args.sampling.negative {
+        request = request.negative_prompt(negative);
+    }
+    if let Some(mask) = &args.mask {
+        request = request.mask(editmgt_pipeline::load_mask(mask)?);
+    }
+    let wants_maps = args.hold.is_some() || args.heatmap.is_some() || args.query.is_some();
+    if args.hold_blocks.is_some() && !wants_maps {
+        return Err("--hold-blocks needs --hold, --query or --heatmap".into());
+    }
+    if wants_maps {
+        let mut hold = RegionHold::new(args.hold.unwrap_or(0.0));
+        if let Some(blocks) = &args.hold_blocks {
+            hold = hold.blocks(blocks.iter().copied());
+        }
+        if let Some(query) = &args.query {
+            hold = hold.query(query);
+        }
+        request = request
+            .region_hold(hold)
+            .record_localisation(args.heatmap.is_some());
+    }
+    let editor = load(&args.model)?;
+    let bar = progress_bar(request.steps, args.sampling.quiet);
+    let mut on_step = |event: &StepEvent<'_>| {
+        bar.set_position(event.step as u64);
+        Flow::Continue
+    };
+    let output = editor.edit_with(&image, &request, Hooks::progress(&mut on_step))?;
+    bar.finish_and_clear();
+    output.image.save(&args.out).map_err(|e| {
+        format!("cannot write `{}`: {e}", args.out.display())
+    })?;
+    if let Some(path) = &args.heatmap {
+        let mean = mean_map(&output.localisation).ok_or("no localisation maps were recorded")?;
+        let heat = mean.heatmap(0, &image, 0.6)?;
+        heat.save(path)
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The mean of the per-step maps.
+fn mean_map(maps: &[ScoreMap]) -> Option<ScoreMap> {
+    let first = maps.first()?;
+    let mut sum = first.clone().into_array();
+    for map in &maps[1..] {
+        sum += &map.view();
+    }
+    sum /= maps.len() as f32;
+    Some(ScoreMap::new(sum))
+}
+
+fn generate(args: GenerateArgs) -> Result<(), AnyError> {
+    let mut request = GenerateRequest::new(&args.prompt)
+        .steps(args.sampling.steps)
+        .guidance(args.sampling.guidance)
+        .seed(args.sampling.seed);
+    if let Some(negative) = &args.sampling.negative {
+        request = request.negative_prompt(negative);
+    }
+    let editor = load(&args.model)?;
+    let bar = progress_bar(request.steps, args.sampling.quiet);
+    let mut on_step = |event: &StepEvent<'_>| {
+        bar.set_position(event.step as u64);
+        Flow::Continue
+    };
+    let output = editor.generate_with(&request, Hooks::progress(&mut on_step))?;
+    bar.finish_and_clear();
+    output
+        .image
+        .save(&args.out)
+        .map_err(|e| format!("cannot write `{}`: {e}", args.out.display()))?;
+    Ok(())
+}
