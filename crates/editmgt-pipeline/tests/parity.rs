@@ -1,0 +1,172 @@
+//! The four end-to-end runs of the PyTorch reference (`cases/pipeline.safetensors`), replaying
+//! its recorded uniforms: tokens after every step, final tokens, decoded image, and the
+//! region-hold run's localisation scores.
+
+use std::sync::OnceLock;
+
+use burn::tensor::Device;
+use editmgt_pipeline::{
+    EditRequest, Editor, EditorOptions, Flow, GenerateRequest, Hooks, NoiseSource, RegionHold,
+    ReplayNoise, RgbImage, StepEvent,
+};
+use editmgt_testkit::{Case, case_file, model_dir, relative_max_error};
+use serde_json::Value;
+
+fn editor() -> &'static Editor {
+    static EDITOR: OnceLock<Editor> = OnceLock::new();
+    EDITOR.get_or_init(|| {
+        Editor::from_folder(model_dir(), &Device::flex(), EditorOptions::default())
+            .expect("the tiny fixture model loads")
+    })
+}
+
+fn case() -> &'static Case {
+    static CASE: OnceLock<Case> = OnceLock::new();
+    CASE.get_or_init(|| Case::open("pipeline"))
+}
+
+/// The run's recorded uniforms in draw order.
+fn replay(run: &str, meta: &Value) -> ReplayNoise {
+    let draws = meta["uniform_draws"].as_u64().expect("uniform_draws") as usize;
+    let draws: Vec<Vec<f32>> = (0..draws)
+        .map(|k| case().f32(&format!("{run}.uniform{k}")).data)
+        .collect();
+    ReplayNoise::from_draws(draws).expect("uniforms in [0, 1]")
+}
+
+struct Recorded {
+    steps: Vec<Vec<u32>>,
+    scores: Vec<Vec<f32>>,
+}
+
+/// Fraction of identical tokens, printed.
+fn identical(what: &str, ours: &[u32], expected: &[i64]) -> f64 {
+    assert_eq!(ours.len(), expected.len(), "{what}: length");
+    let same = ours
+        .iter()
+        .zip(expected)
+        .filter(|(a, b)| i64::from(**a) == **b)
+        .count();
+    println!("{what}: {same}/{} tokens identical", expected.len());
+    same as f64 / expected.len() as f64
+}
+
+fn mean_abs_u8(what: &str, image: &RgbImage, expected: &[u8], shape: &[usize]) -> f64 {
+    let (h, w) = (shape[2], shape[3]);
+    assert_eq!(image.dimensions(), (w as u32, h as u32), "{what}: image size");
+    let mut total = 0u64;
+    for (x, y, px) in image.enumerate_pixels() {
+        for c in 0..3 {
+            let e = expected[c * h * w + y as usize * w + x as usize];
+            total += u64::from(px.0[c].abs_diff(e));
+        }
+    }
+    let mean = total as f64 / expected.len() as f64;
+    println!("{what}: decoded image mean abs difference {mean:.4} (u8)");
+    mean
+}
+
+fn run(name: &str) {
+    let meta = &case().meta["runs"][name];
+    assert!(meta.is_object(), "pipeline fixture has no run `{name}`");
+    let negative = case().meta["default_negative_prompt"].as_str().expect("default negative");
+    let steps = meta["steps"].as_u64().unwrap() as usize;
+    let guidance = meta["guidance_scale"].as_f64().unwrap() as f32;
+    let prompt = meta["prompt"].as_str().unwrap();
+
+    let mut recorded = Recorded {
+        steps: Vec::new(),
+        scores: Vec::new(),
+    };
+    let mut progress = |event: &StepEvent<'_>| {
+        recorded.steps.push(event.tokens[0].clone());
+        if let Some(score) = &event.scores[0] {
+            recorded.scores.push(score.as_slice().to_vec());
+        }
+        Flow::Continue
+    };
+    let mut noise = replay(name, meta);
+    let noise_box: Box<dyn NoiseSource + '_> = Box::new(&mut noise);
+    let hooks = Hooks::progress(&mut progress).with_noise(vec![noise_box]);
+
+    let (image, tokens) = match meta["source"].as_str() {
+        None => {
+            let request = GenerateRequest::new(prompt)
+                .negative_prompt(negative)
+                .steps(steps)
+                .guidance(guidance);
+            let out = editor().generate_with(&request, hooks).unwrap();
+            (out.image, out.tokens)
+        }
+        Some(source) => {
+            let source = editmgt_pipeline::load_image(case_file(source)).unwrap();
+            let mut request = EditRequest::new(prompt)
+                .negative_prompt(negative)
+                .steps(steps)
+                .guidance(guidance)
+                .reference_strength(meta["reference_strength"].as_f64().unwrap() as f32);
+            if let Some(mask) = meta["mask"].as_str() {
+                request = request.mask(editmgt_pipeline::load_mask(case_file(mask)).unwrap());
+            }
+            if let Some(blocks) = meta["region_hold_blocks"].as_array() {
+                let blocks = blocks.iter().map(|b| b.as_u64().unwrap() as usize);
+                let threshold = meta["local_guidance"].as_f64().unwrap() as f32;
+                request = request.region_hold(RegionHold::new(threshold).blocks(blocks));
+            }
+            let out = editor().edit_with(&source, &request, hooks).unwrap();
+            (out.image, out.tokens)
+        }
+    };
+    assert_eq!(noise.remaining(), 0, "{name}: every recorded uniform is used");
+
+    assert_eq!(recorded.steps.len(), steps);
+    for (s, ours) in recorded.steps.iter().enumerate() {
+        let expected = case().i64(&format!("{name}.tokens.step{s}"));
+        let frac = identical(&format!("{name} step {s}"), ours, &expected.data);
+        assert!(frac >= 0.995, "{name} step {s}: only {frac:.4} identical");
+    }
+    let expected = case().i64(&format!("{name}.tokens"));
+    let frac = identical(&format!("{name} final"), &tokens, &expected.data);
+    assert!(frac >= 0.995, "{name}: only {frac:.4} of final tokens identical");
+
+    let expected = case().u8(&format!("{name}.image_u8"));
+    let mean = mean_abs_u8(name, &image, &expected.data, &expected.shape);
+    assert!(mean <= 1.0, "{name}: mean abs difference {mean:.4} > 1");
+
+    let score_names: Vec<String> = (0..steps)
+        .map(|s| format!("{name}.local_scores.step{s}"))
+        .filter(|n| case().has(n))
+        .collect();
+    if meta["region_hold_blocks"].is_array() {
+        assert_eq!(score_names.len(), steps, "{name}: fixture scores per step");
+        assert_eq!(recorded.scores.len(), steps, "{name}: our scores per step");
+        for (s, ours) in recorded.scores.iter().enumerate() {
+            let expected = case().f32(&score_names[s]);
+            let err = relative_max_error(ours, &expected.data);
+            println!("{name} step {s}: localisation scores error {err:.2e}");
+            assert!(err <= 1e-4, "{name} step {s}: scores error {err:.3e} > 1e-4");
+        }
+    } else {
+        assert!(recorded.scores.is_empty(), "{name}: scores without region hold");
+    }
+}
+
+#[test]
+fn edit_plain() {
+    run("edit_plain");
+}
+
+#[test]
+fn edit_region_hold() {
+    run("edit_region_hold");
+}
+
+#[test]
+fn edit_mask() {
+    run("edit_mask");
+}
+
+#[test]
+fn text_to_image() {
+    run("text_to_image");
+}
