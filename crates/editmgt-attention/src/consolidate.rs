@@ -15,7 +15,9 @@ use crate::{AdaptiveSmoothing, AttentionError, ScoreMap};
 /// number of heads, so the mean over blocks, heads and rows is the same either way).
 ///
 /// `rows` selects the text rows to average (for example the rows of the query words); `None`
-/// averages all `T` rows. Rows are used as listed (a row listed twice counts twice); an empty
+/// averages all `T` rows. Rows index the text sequence the maps were captured with (the Gemma
+/// tokens); locate query words in that tokenisation (the reference looks them up in the CLIP
+/// tokenisation and uses those positions on the Gemma rows, a bug). Rows are used as listed (a row listed twice counts twice); an empty
 /// list is an error (the reference would produce NaN).
 ///
 /// The mean over blocks and rows is accumulated in `f64` and rounded to `f32` once.

@@ -25,8 +25,11 @@ pub fn exp_f32(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0;
 
     let d = x.clamp(-104.0, 104.0); // NaN stays NaN
-    let qf = (d * R_LN2 + ROUND) - ROUND;
-    let q = qf as i32;
+    let shifted = d * R_LN2 + ROUND;
+    let qf = shifted - ROUND;
+    // The integer q sits in the low mantissa bits of `shifted` (a bit cast, not a saturating
+    // float-to-int conversion, so the loop vectorises). NaN gives garbage q, and NaN anyway.
+    let q = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let mut s = d - qf * L2U;
     s -= qf * L2L;
 
@@ -53,7 +56,7 @@ pub fn exp_f32(x: f32) -> f32 {
 /// `2^k` for `k` in `-126..=127`.
 #[inline(always)]
 fn pow2i(k: i32) -> f32 {
-    f32::from_bits(((k + 127) as u32) << 23)
+    f32::from_bits((k.wrapping_add(127) as u32) << 23)
 }
 
 /// Natural logarithm of an `f32`, evaluated in `f64` and rounded once. `0 -> -inf`,

@@ -121,8 +121,8 @@ pub struct RegionHold<'a> {
     pub threshold: f32,
     /// Localisation scores `[B, score_height * score_width]`, e.g. from
     /// `editmgt_attention::local_scores`. When the score grid is coarser than the token grid
-    /// they are upsampled to it bicubically (`editmgt_attention::resize_bicubic`); a finer grid
-    /// is an error.
+    /// they are upsampled to it bicubically (`editmgt_attention::resize_bicubic`; the reference
+    /// only does so for exactly 4096 tokens from 32x32); a finer grid is an error.
     pub scores: &'a [f32],
     /// The score grid height.
     pub score_height: usize,
@@ -232,6 +232,20 @@ impl Sampler {
     /// The step schedule.
     pub fn schedule(&self) -> &Schedule {
         &self.schedule
+    }
+
+    /// The starting mask ratio of mask mode: the fraction of mask tokens in the start tokens
+    /// (all batch rows together), `masked / total` in `f32` as the reference computes it
+    /// (`mask.sum() / latents.numel()`). 0 for no tokens.
+    pub fn starting_mask_ratio(&self, start_tokens: &[u32]) -> f32 {
+        if start_tokens.is_empty() {
+            return 0.0;
+        }
+        let masked = start_tokens
+            .iter()
+            .filter(|&&t| t == self.mask_token_id)
+            .count();
+        masked as f32 / start_tokens.len() as f32
     }
 
     /// Runs one step and returns new token vectors (see [`Sampler::step_into`]).

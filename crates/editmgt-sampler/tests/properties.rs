@@ -317,3 +317,13 @@ fn refuses_an_unknown_masking_schedule() {
     let missing = SchedulerConfig::from_model_dir(&dir.path().join("nowhere"));
     assert!(missing.is_err());
 }
+
+#[test]
+fn starting_ratio_of_mask_mode() {
+    let sampler = Sampler::new(
+        MASK,
+        Schedule::new(MaskSchedule::Cosine, 2, Temperature::default()).unwrap(),
+    );
+    assert_eq!(sampler.starting_mask_ratio(&[MASK, 1, 2, MASK]), 0.5);
+    assert_eq!(sampler.starting_mask_ratio(&[]), 0.0);
+}
