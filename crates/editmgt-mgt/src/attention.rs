@@ -74,7 +74,9 @@ fn strength_bias(
     device: &Device,
 ) -> Tensor<4> {
     let seq = main + reference;
-    let is_ref: Vec<f32> = (0..seq).map(|i| if i >= main { 1.0 } else { 0.0 }).collect();
+    let is_ref: Vec<f32> = (0..seq)
+        .map(|i| if i >= main { 1.0 } else { 0.0 })
+        .collect();
     let is_ref = Tensor::<1>::from_data(TensorData::new(is_ref, [seq]), (device, DType::F32));
     let rows = is_ref.clone().reshape([seq, 1]);
     let cols = is_ref.reshape([1, seq]);
@@ -203,14 +205,22 @@ impl DoubleStreamAttention {
         let h = ctx.heads;
         let q = Tensor::cat(
             vec![
-                heads_of(self.add_q_proj.forward(text.clone()), h, Some(&self.norm_added_q)),
+                heads_of(
+                    self.add_q_proj.forward(text.clone()),
+                    h,
+                    Some(&self.norm_added_q),
+                ),
                 heads_of(self.to_q.forward(image.clone()), h, Some(&self.norm_q)),
             ],
             2,
         );
         let k = Tensor::cat(
             vec![
-                heads_of(self.add_k_proj.forward(text.clone()), h, Some(&self.norm_added_k)),
+                heads_of(
+                    self.add_k_proj.forward(text.clone()),
+                    h,
+                    Some(&self.norm_added_k),
+                ),
                 heads_of(self.to_k.forward(image.clone()), h, Some(&self.norm_k)),
             ],
             2,

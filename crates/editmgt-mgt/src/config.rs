@@ -205,7 +205,10 @@ impl MgtConfig {
             "axes_dims_rope",
             &self.axes_dims_rope,
             self.axes_dims_rope.len() == 3
-                && self.axes_dims_rope.iter().all(|d| *d > 0 && d.is_multiple_of(2))
+                && self
+                    .axes_dims_rope
+                    .iter()
+                    .all(|d| *d > 0 && d.is_multiple_of(2))
                 && self.axes_dims_rope.iter().sum::<usize>() == self.attention_head_dim,
             "must be three positive even widths summing to attention_head_dim",
         );

@@ -105,7 +105,8 @@ impl TimeTextEmbedding {
     pub fn timestep(&self, t: f32, dtype: DType, device: &Device) -> Tensor<2> {
         let dim = crate::config::TIMESTEP_EMBED_DIM;
         let embedding = sinusoid_host(t * 1000.0, dim);
-        let embedding = Tensor::<2>::from_data(TensorData::new(embedding, [1, dim]), (device, dtype));
+        let embedding =
+            Tensor::<2>::from_data(TensorData::new(embedding, [1, dim]), (device, dtype));
         self.timestep_embedder.forward(embedding)
     }
 }

@@ -9,6 +9,7 @@ use burn::tensor::{DType, Device, Int, Tensor};
 use editmgt_core::config::component_folder;
 use editmgt_core::{FloatType, KeyMap, WeightFiles, load_module};
 
+use crate::MgtError;
 use crate::attention::{JointContext, QueryRows};
 use crate::capture::{CaptureRequest, CapturedAttention};
 use crate::config::{MICRO_COND_EMBED_DIM, MICRO_COND_VALUES, MgtConfig, SUBFOLDER};
@@ -19,7 +20,6 @@ use crate::norm::{RmsNorm, activate};
 use crate::rotary::{Positions, RotaryTable};
 use crate::sampling::{Downsample, TokenEmbedding, Upsample};
 use crate::single_block::SingleStreamBlock;
-use crate::MgtError;
 
 /// The weights' file stem in the transformer folder (`.safetensors` or a sharded index).
 pub const WEIGHTS_STEM: &str = "diffusion_pytorch_model";
@@ -177,9 +177,7 @@ impl MgtTransformer {
         let (heads, head_dim) = (config.num_attention_heads, config.attention_head_dim);
         let dim = config.inner_dim();
         let linear = |d_in: usize, d_out: usize, bias: bool| {
-            LinearConfig::new(d_in, d_out)
-                .with_bias(bias)
-                .init(device)
+            LinearConfig::new(d_in, d_out).with_bias(bias).init(device)
         };
         let connector = match config.connector() {
             crate::config::Connector::Linear => Some(linear(config.joint_attention_dim, dim, true)),
@@ -325,14 +323,10 @@ impl MgtTransformer {
             .cond_embed
             .forward(Tensor::cat(vec![pooled.cast(dtype), micro], 1));
         let pooled_emb = self.time_text_embed.text_embedder.forward(c);
-        let temb = pooled_emb.clone()
-            + self
-                .time_text_embed
-                .timestep(timestep, dtype, &device);
+        let temb = pooled_emb.clone() + self.time_text_embed.timestep(timestep, dtype, &device);
         let with_reference = reference.is_some();
         let streams = if with_reference {
-            let reference_temb =
-                pooled_emb + self.time_text_embed.timestep(0.0, dtype, &device);
+            let reference_temb = pooled_emb + self.time_text_embed.timestep(0.0, dtype, &device);
             Tensor::stack(vec![temb.clone(), reference_temb], 1)
         } else {
             temb.clone().unsqueeze_dim(1)
@@ -440,7 +434,9 @@ impl MgtTransformer {
             None => x,
         };
         let [b, h, w, c] = x.dims();
-        let x = self.project_to_hidden_norm.forward(x.reshape([b, h * w, c]));
+        let x = self
+            .project_to_hidden_norm
+            .forward(x.reshape([b, h * w, c]));
         self.project_to_hidden.forward(x)
     }
 
@@ -551,7 +547,11 @@ impl MgtTransformer {
 }
 
 /// Every id of `grid` must be in `[0, vocab_size)` (one small read-back).
-fn check_ids(input: &'static str, grid: &Tensor<3, Int>, vocab_size: usize) -> Result<(), MgtError> {
+fn check_ids(
+    input: &'static str,
+    grid: &Tensor<3, Int>,
+    vocab_size: usize,
+) -> Result<(), MgtError> {
     let flat = grid.clone().flatten::<1>(0, 2);
     let bounds = Tensor::cat(vec![flat.clone().min(), flat.max()], 0)
         .into_data()

@@ -126,9 +126,7 @@ impl Downsample {
         let weight = self.conv.weight.val();
         let [out, c_in, kh, kw] = weight.dims();
         let weight = weight.reshape([out, c_in * kh * kw]);
-        patches
-            .matmul(weight.transpose())
-            .reshape([b, h2, w2, out])
+        patches.matmul(weight.transpose()).reshape([b, h2, w2, out])
     }
 }
 

@@ -2,13 +2,12 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::gelu_approximate;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::{JointContext, QueryRows, SingleStreamAttention};
 use crate::capture::CaptureRows;
-use crate::double_block::BlockConditioning;
+use crate::double_block::{BlockConditioning, gelu_tanh};
 use crate::norm::{AdaLayerNormZero, layer_norm, modulate};
 
 /// One single-stream block (the reference's `SingleTransformerBlock`): AdaLN-Zero (shift,
@@ -45,7 +44,7 @@ impl SingleStreamBlock {
 
     /// `proj_out(concat(attn, gelu(proj_mlp(normed))))`.
     fn output(&self, attn: Tensor<3>, normed: Tensor<3>) -> Tensor<3> {
-        let mlp = gelu_approximate(self.proj_mlp.forward(normed));
+        let mlp = gelu_tanh(self.proj_mlp.forward(normed));
         let weight = self.proj_out.weight.val();
         let [rows, _] = weight.dims();
         let dim = attn.dims()[2];

@@ -34,7 +34,10 @@ impl Fixture {
     }
 
     fn grid(&self, b: usize, h: usize, w: usize, value: i64) -> Tensor<3, Int> {
-        Tensor::from_data(TensorData::new(vec![value; b * h * w], [b, h, w]), &self.device)
+        Tensor::from_data(
+            TensorData::new(vec![value; b * h * w], [b, h, w]),
+            &self.device,
+        )
     }
 }
 
@@ -66,7 +69,10 @@ fn every_bad_input_is_a_typed_error() {
     input.reference = Some(f.grid(2, 64, 64, vocab as i64 + 5));
     assert!(matches!(
         f.model.forward(input),
-        Err(MgtError::TokenOutOfRange { input: "reference", .. })
+        Err(MgtError::TokenOutOfRange {
+            input: "reference",
+            ..
+        })
     ));
     let mut input = f.edit();
     input.tokens = f.grid(2, 64, 64, -1);

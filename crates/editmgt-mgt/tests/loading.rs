@@ -11,8 +11,8 @@ use editmgt_core::LoadError;
 use editmgt_core::shapes::{parameter_count, parameter_table};
 use editmgt_mgt::{Connector, FloatType, MgtConfig, MgtError, MgtTransformer};
 use editmgt_testkit::{Case, RealShapes, assert_close, model_dir, relative_max_error, to_f32_vec};
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
 
 /// The released configuration builds a model with exactly the released tensor names and
 /// shapes, and its parameter count, without materialising anything.
@@ -29,9 +29,20 @@ fn real_shapes_match_the_release() {
         .iter()
         .map(|p| (p.checkpoint_name.clone(), p.shape.clone()))
         .collect();
-    assert_eq!(ours.len(), table.len(), "two parameters share a checkpoint name");
-    let missing: Vec<&String> = shapes.tensors.keys().filter(|k| !ours.contains_key(*k)).collect();
-    let extra: Vec<&String> = ours.keys().filter(|k| !shapes.tensors.contains_key(*k)).collect();
+    assert_eq!(
+        ours.len(),
+        table.len(),
+        "two parameters share a checkpoint name"
+    );
+    let missing: Vec<&String> = shapes
+        .tensors
+        .keys()
+        .filter(|k| !ours.contains_key(*k))
+        .collect();
+    let extra: Vec<&String> = ours
+        .keys()
+        .filter(|k| !shapes.tensors.contains_key(*k))
+        .collect();
     assert!(missing.is_empty(), "not in the model: {missing:?}");
     assert!(extra.is_empty(), "not in the release: {extra:?}");
     for (name, shape) in &shapes.tensors {
@@ -42,8 +53,19 @@ fn real_shapes_match_the_release() {
     assert_eq!(count, shapes.parameters);
     assert_eq!(count, 1_009_306_624);
     assert!(!model.mlm_layer.conv2.weight.is_initialized());
-    assert!(!model.transformer_blocks[13].ff.proj_in.weight.is_initialized());
-    assert!(!model.single_transformer_blocks[27].proj_out.weight.is_initialized());
+    assert!(
+        !model.transformer_blocks[13]
+            .ff
+            .proj_in
+            .weight
+            .is_initialized()
+    );
+    assert!(
+        !model.single_transformer_blocks[27]
+            .proj_out
+            .weight
+            .is_initialized()
+    );
 }
 
 /// A plain Meissonic configuration (no connector, CLIP text) is accepted.
@@ -71,7 +93,11 @@ fn meissonic_configuration_is_accepted() {
     assert_eq!(config.text_encoder().text_length(), 77);
     let model = MgtTransformer::new(&config, &Device::flex()).unwrap();
     let table = parameter_table(&model, &MgtTransformer::checkpoint_keys());
-    assert!(table.iter().all(|p| !p.checkpoint_name.starts_with("connector")));
+    assert!(
+        table
+            .iter()
+            .all(|p| !p.checkpoint_name.starts_with("connector"))
+    );
     let context = table
         .iter()
         .find(|p| p.checkpoint_name == "context_embedder.weight")
@@ -185,11 +211,11 @@ fn half_precision_weights_agree() {
     let expected = case.f32("edit_strength.logits").data;
     let tensors = tiny_tensors();
     for (dtype, compute, tol) in [
-        (Dtype::F16, FloatType::F32, 5e-3),
-        (Dtype::BF16, FloatType::F32, 3e-2),
-        (Dtype::F32, FloatType::F16, 2e-2),
-        (Dtype::F32, FloatType::BF16, 1e-1),
-        (Dtype::BF16, FloatType::BF16, 1e-1),
+        (Dtype::F16, FloatType::F32, 3e-3),
+        (Dtype::BF16, FloatType::F32, 2e-2),
+        (Dtype::F32, FloatType::F16, 5e-3),
+        (Dtype::F32, FloatType::BF16, 4e-2),
+        (Dtype::BF16, FloatType::BF16, 4e-2),
     ] {
         let dir = folder_with(&tensors, dtype);
         let model = MgtTransformer::load_folder(dir.path(), &device, compute)
@@ -218,8 +244,14 @@ fn sharded_weights_load() {
     .unwrap();
     let half = tensors.len() / 2;
     let shards = [
-        ("diffusion_pytorch_model-00001-of-00002.safetensors", &tensors[..half]),
-        ("diffusion_pytorch_model-00002-of-00002.safetensors", &tensors[half..]),
+        (
+            "diffusion_pytorch_model-00001-of-00002.safetensors",
+            &tensors[..half],
+        ),
+        (
+            "diffusion_pytorch_model-00002-of-00002.safetensors",
+            &tensors[half..],
+        ),
     ];
     let mut weight_map = serde_json::Map::new();
     for (file, part) in shards {
@@ -230,7 +262,8 @@ fn sharded_weights_load() {
     }
     let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
     std::fs::write(
-        dir.path().join("diffusion_pytorch_model.safetensors.index.json"),
+        dir.path()
+            .join("diffusion_pytorch_model.safetensors.index.json"),
         serde_json::to_string(&index).unwrap(),
     )
     .unwrap();

@@ -119,14 +119,21 @@ fn capture_subsets_select_rows() {
         .expect("forward");
     let text_rows = [7usize, 0, 255];
     let subset = model
-        .forward(inputs.input(&model, &params, &device).with_capture(
-            CaptureRequest::blocks(blocks)
-                .with_text_rows(text_rows)
-                .with_batch_rows([1]),
-        ))
+        .forward(
+            inputs.input(&model, &params, &device).with_capture(
+                CaptureRequest::blocks(blocks)
+                    .with_text_rows(text_rows)
+                    .with_batch_rows([1]),
+            ),
+        )
         .expect("forward");
     // Selecting rows does not change the logits.
-    assert!(relative_max_error(&to_f32_vec(subset.logits.clone()), &to_f32_vec(full.logits.clone())) == 0.0);
+    assert!(
+        relative_max_error(
+            &to_f32_vec(subset.logits.clone()),
+            &to_f32_vec(full.logits.clone())
+        ) == 0.0
+    );
     for block in blocks {
         let full_map = full.capture(block).unwrap().clone();
         let [_, t, n] = full_map.dims();

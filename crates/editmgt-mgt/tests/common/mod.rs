@@ -82,7 +82,8 @@ pub fn cases(case: &Case) -> Vec<CaseParams> {
             let num = |key: &str| {
                 p[key]
                     .as_f64()
-                    .unwrap_or_else(|| panic!("case {name}: `{key}` is not a number")) as f32
+                    .unwrap_or_else(|| panic!("case {name}: `{key}` is not a number"))
+                    as f32
             };
             CaseParams {
                 name: name.clone(),
