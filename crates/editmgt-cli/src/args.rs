@@ -90,7 +90,7 @@ pub struct EditArgs {
     pub hold: Option<f32>,
     /// Blocks whose attention localises the edit: `28..36` (inclusive) or `2,4`.
     #[arg(long, value_parser = parse_blocks)]
-    pub hold_blocks: Option<Vec<usize>>,
+    pub hold_blocks: Option<BlockList>,
     /// Localise only these words of the instruction.
     #[arg(long)]
     pub query: Option<String>,
@@ -117,15 +117,20 @@ pub struct GenerateArgs {
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    s.parse().map_err(|e: editmgt_pipeline::EditError| e.to_string())
+    s.parse()
+        .map_err(|e: editmgt_pipeline::EditError| e.to_string())
 }
 
 fn parse_float(s: &str) -> Result<FloatType, String> {
     s.parse()
 }
 
+/// Transformer block numbers (`--hold-blocks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockList(pub Vec<usize>);
+
 /// `a..b` / `a..=b` (both inclusive) or a comma list.
-pub fn parse_blocks(s: &str) -> Result<Vec<usize>, String> {
+pub fn parse_blocks(s: &str) -> Result<BlockList, String> {
     let number = |t: &str| {
         t.trim()
             .parse::<usize>()
@@ -136,13 +141,13 @@ pub fn parse_blocks(s: &str) -> Result<Vec<usize>, String> {
         if a > b {
             return Err(format!("empty block range `{s}`"));
         }
-        return Ok((a..=b).collect());
+        return Ok(BlockList((a..=b).collect()));
     }
     let blocks = s.split(',').map(number).collect::<Result<Vec<_>, _>>()?;
     if blocks.is_empty() {
         return Err("no blocks".into());
     }
-    Ok(blocks)
+    Ok(BlockList(blocks))
 }
 
 #[cfg(test)]
@@ -151,9 +156,12 @@ mod tests {
 
     #[test]
     fn block_lists() {
-        assert_eq!(parse_blocks("28..36").unwrap(), (28..=36).collect::<Vec<_>>());
-        assert_eq!(parse_blocks("28..=30").unwrap(), vec![28, 29, 30]);
-        assert_eq!(parse_blocks("2,4").unwrap(), vec![2, 4]);
+        assert_eq!(
+            parse_blocks("28..36").unwrap().0,
+            (28..=36).collect::<Vec<_>>()
+        );
+        assert_eq!(parse_blocks("28..=30").unwrap().0, vec![28, 29, 30]);
+        assert_eq!(parse_blocks("2,4").unwrap().0, vec![2, 4]);
         assert!(parse_blocks("5..2").is_err());
         assert!(parse_blocks("a").is_err());
     }
@@ -163,8 +171,22 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from([
-            "editmgt", "edit", "--image", "a.png", "--prompt", "p", "--out", "b.png", "--hold",
-            "0.01", "--hold-blocks", "28..36", "--dtype", "bf16", "--device", "cuda:1",
+            "editmgt",
+            "edit",
+            "--image",
+            "a.png",
+            "--prompt",
+            "p",
+            "--out",
+            "b.png",
+            "--hold",
+            "0.01",
+            "--hold-blocks",
+            "28..36",
+            "--dtype",
+            "bf16",
+            "--device",
+            "cuda:1",
         ])
         .unwrap();
         let Command::Edit(args) = cli.command else {
@@ -173,6 +195,6 @@ mod tests {
         assert_eq!(args.hold, Some(0.01));
         assert_eq!(args.model.dtype, FloatType::BF16);
         assert_eq!(args.model.device, DeviceSpec::Cuda(1));
-        assert_eq!(args.hold_blocks.unwrap().len(), 9);
+        assert_eq!(args.hold_blocks.unwrap().0.len(), 9);
     }
 }

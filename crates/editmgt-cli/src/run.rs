@@ -63,7 +63,9 @@ fn from_hub(
     options: EditorOptions,
 ) -> Result<Editor, AnyError> {
     if !id.contains('/') {
-        return Err(format!("`{id}` is neither a model folder nor a Hugging Face repository id").into());
+        return Err(
+            format!("`{id}` is neither a model folder nor a Hugging Face repository id").into(),
+        );
     }
     Ok(Editor::from_hub(id, device, options)?)
 }
@@ -86,8 +88,10 @@ fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(total as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, eta {eta})")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, eta {eta})",
+        )
+        .expect("valid template"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -113,7 +117,7 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
     if wants_maps {
         let mut hold = RegionHold::new(args.hold.unwrap_or(0.0));
         if let Some(blocks) = &args.hold_blocks {
-            hold = hold.blocks(blocks.iter().copied());
+            hold = hold.blocks(blocks.0.iter().copied());
         }
         if let Some(query) = &args.query {
             hold = hold.query(query);
@@ -130,9 +134,10 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
     };
     let output = editor.edit_with(&image, &request, Hooks::progress(&mut on_step))?;
     bar.finish_and_clear();
-    output.image.save(&args.out).map_err(|e| {
-        format!("cannot write `{}`: {e}", args.out.display())
-    })?;
+    output
+        .image
+        .save(&args.out)
+        .map_err(|e| format!("cannot write `{}`: {e}", args.out.display()))?;
     if let Some(path) = &args.heatmap {
         let mean = mean_map(&output.localisation).ok_or("no localisation maps were recorded")?;
         let heat = mean.heatmap(0, &image, 0.6)?;

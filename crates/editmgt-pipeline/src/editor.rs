@@ -8,17 +8,17 @@ use editmgt_core::FloatType;
 use editmgt_core::config::component_folder;
 use editmgt_mgt::{CaptureRequest, MgtInput, MgtTransformer};
 use editmgt_sampler::{
-    Logits, NoiseSource, RegionHold as HoldInput, Sampler, SchedulerConfig, SeededNoise,
-    StepInput, Temperature, Workspace,
+    Logits, NoiseSource, RegionHold as HoldInput, Sampler, SchedulerConfig, SeededNoise, StepInput,
+    Temperature, Workspace,
 };
 use editmgt_text::{TextEmbeddings, TextEncoder, TextTokenizers};
 use editmgt_vq::{VqModel, imaging};
 use image::{GrayImage, RgbImage};
 use ndarray::Array3;
 
+use crate::EditError;
 use crate::mask::mask_grid;
 use crate::request::{EditRequest, GenerateRequest};
-use crate::EditError;
 
 /// When the text encoders (CLIP and Gemma-2, ~11 GB in f32 for the released model) are in
 /// memory.
@@ -308,7 +308,11 @@ impl Editor {
             .iter()
             .map(|(image, request)| {
                 if image.width() == 0 || image.height() == 0 {
-                    return Err(EditError::invalid("image", "0 pixels", "an image of at least 1x1"));
+                    return Err(EditError::invalid(
+                        "image",
+                        "0 pixels",
+                        "an image of at least 1x1",
+                    ));
                 }
                 Ok(Job {
                     prompt: &request.instruction,
@@ -333,7 +337,11 @@ impl Editor {
             .zip(images)
             .zip(&jobs)
             .map(|((outcome, image), job)| {
-                let (w, h) = job.source.as_ref().map(|s| s.1).unwrap_or((resolution, resolution));
+                let (w, h) = job
+                    .source
+                    .as_ref()
+                    .map(|s| s.1)
+                    .unwrap_or((resolution, resolution));
                 EditOutput {
                     image: imaging::resize(&image, w, h),
                     tokens: outcome.tokens,
@@ -421,7 +429,11 @@ impl Editor {
                     }
                 };
                 if blocks.is_empty() {
-                    return Err(EditError::invalid("region_hold.blocks", "[]", "at least one block"));
+                    return Err(EditError::invalid(
+                        "region_hold.blocks",
+                        "[]",
+                        "at least one block",
+                    ));
                 }
                 if let Some(&bad) = blocks.iter().find(|&&b| b >= self.num_blocks()) {
                     return Err(EditError::invalid(
@@ -431,7 +443,11 @@ impl Editor {
                     ));
                 }
                 if hold.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
-                    return Err(EditError::invalid("region_hold.query", "\"\"", "words of the instruction"));
+                    return Err(EditError::invalid(
+                        "region_hold.query",
+                        "\"\"",
+                        "words of the instruction",
+                    ));
                 }
                 Some((hold.threshold, blocks))
             }
@@ -458,13 +474,24 @@ impl Editor {
         Ok(match &self.text {
             Some(text) => text.encode(prompts)?,
             None => {
-                TextEncoder::encode_once(&self.model_dir, &self.device, self.options.float, prompts)?.0
+                TextEncoder::encode_once(
+                    &self.model_dir,
+                    &self.device,
+                    self.options.float,
+                    prompts,
+                )?
+                .0
             }
         })
     }
 
     /// The sampling loop for a batch of jobs; returns the final tokens of each.
-    fn run(&self, jobs: &[Job<'_>], shared: &Shared, hooks: Hooks<'_>) -> Result<Vec<Outcome>, EditError> {
+    fn run(
+        &self,
+        jobs: &[Job<'_>],
+        shared: &Shared,
+        hooks: Hooks<'_>,
+    ) -> Result<Vec<Outcome>, EditError> {
         let n = jobs.len();
         let (h, w) = self.token_grid();
         let cells = h * w;
@@ -553,9 +580,12 @@ impl Editor {
         let mut progress = hooks.progress;
 
         // What the transformer needs every step.
-        let rotary = self
-            .mgt
-            .rotary_table(&self.mgt.positions(text.encoder_hidden_states.dims()[1], h, w), device);
+        let rotary = self.mgt.rotary_table(
+            &self
+                .mgt
+                .positions(text.encoder_hidden_states.dims()[1], h, w),
+            device,
+        );
         let res = self.options.resolution as f32;
         let micro_conds = Tensor::<2>::from_data(
             TensorData::new(
@@ -577,7 +607,11 @@ impl Editor {
                 request
             }
         };
-        let attention_grid = if self.mgt.config().downsample { (h / 2, w / 2) } else { (h, w) };
+        let attention_grid = if self.mgt.config().downsample {
+            (h / 2, w / 2)
+        } else {
+            (h, w)
+        };
         let smoothing = AdaptiveSmoothing::default();
         let union = union_rows(&rows);
 
@@ -636,7 +670,11 @@ impl Editor {
 
             for k in 0..n {
                 let item_logits = &logits[k * codebook * cells..(k + 1) * codebook * cells];
-                let mut input = StepInput::new(step, Logits::new(item_logits, 1, codebook, h, w)?, &tokens[k]);
+                let mut input = StepInput::new(
+                    step,
+                    Logits::new(item_logits, 1, codebook, h, w)?,
+                    &tokens[k],
+                );
                 input.starting_mask_ratio = starting_ratio[k];
                 if let (Some((threshold, _)), Some(score), Some(reference)) =
                     (&shared.hold, &scores[k], references.get(k))
@@ -676,7 +714,10 @@ impl Editor {
         Ok(tokens
             .into_iter()
             .zip(localisation)
-            .map(|(tokens, localisation)| Outcome { tokens, localisation })
+            .map(|(tokens, localisation)| Outcome {
+                tokens,
+                localisation,
+            })
             .collect())
     }
 
@@ -705,7 +746,11 @@ fn check_common(steps: usize, guidance: f32) -> Result<(), EditError> {
         return Err(EditError::invalid("steps", 0, "at least 1"));
     }
     if !(guidance.is_finite() && guidance >= 0.0) {
-        return Err(EditError::invalid("guidance", guidance, "a finite value >= 0"));
+        return Err(EditError::invalid(
+            "guidance",
+            guidance,
+            "a finite value >= 0",
+        ));
     }
     Ok(())
 }
@@ -738,7 +783,13 @@ fn vq_upcasts(model_dir: &Path) -> Result<bool, EditError> {
 }
 
 /// Token grids `[n, h, w]` as an Int tensor, twice over (`[2n, h, w]`) for the guidance batch.
-fn grid_tensor(grids: &[Vec<u32>], twice: bool, h: usize, w: usize, device: &Device) -> Tensor<3, Int> {
+fn grid_tensor(
+    grids: &[Vec<u32>],
+    twice: bool,
+    h: usize,
+    w: usize,
+    device: &Device,
+) -> Tensor<3, Int> {
     let copies = if twice { 2 } else { 1 };
     let mut ids: Vec<i64> = Vec::with_capacity(copies * grids.len() * h * w);
     for _ in 0..copies {

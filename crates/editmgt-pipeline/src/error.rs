@@ -65,7 +65,11 @@ pub enum EditError {
 }
 
 impl EditError {
-    pub(crate) fn invalid(field: &'static str, value: impl ToString, reason: impl Into<String>) -> Self {
+    pub(crate) fn invalid(
+        field: &'static str,
+        value: impl ToString,
+        reason: impl Into<String>,
+    ) -> Self {
         Self::InvalidRequest {
             field,
             value: value.to_string(),

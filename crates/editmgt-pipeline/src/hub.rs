@@ -110,7 +110,10 @@ mod tests {
         assert!(!needed("README.md"));
         assert!(!needed("assets/case_1.png"));
         assert_eq!(
-            snapshot_root(Path::new("/c/snapshots/abc/scheduler/scheduler_config.json"), "scheduler/scheduler_config.json"),
+            snapshot_root(
+                Path::new("/c/snapshots/abc/scheduler/scheduler_config.json"),
+                "scheduler/scheduler_config.json"
+            ),
             Some(PathBuf::from("/c/snapshots/abc"))
         );
     }

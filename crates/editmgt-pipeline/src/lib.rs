@@ -36,15 +36,17 @@ mod mask;
 mod request;
 
 pub use device::DeviceSpec;
-pub use editor::{EditOutput, Editor, EditorOptions, Flow, GenerateOutput, Hooks, StepEvent, TextEncoders};
+pub use editor::{
+    EditOutput, Editor, EditorOptions, Flow, GenerateOutput, Hooks, StepEvent, TextEncoders,
+};
 pub use error::EditError;
 pub use mask::mask_grid;
 pub use request::{DEFAULT_NEGATIVE_PROMPT, EditRequest, GenerateRequest, RegionHold};
 
+pub use burn::tensor::Device;
+pub use editmgt_attention::ScoreMap;
 pub use editmgt_core::FloatType;
 pub use editmgt_sampler::{NoiseSource, ReplayNoise, SeededNoise, Temperature};
-pub use editmgt_attention::ScoreMap;
-pub use burn::tensor::Device;
 pub use image::{GrayImage, RgbImage};
 
 /// Reads a PNG, JPEG or WebP file into an RGB image.
@@ -57,14 +59,18 @@ pub fn load_mask(path: impl AsRef<std::path::Path>) -> Result<GrayImage, EditErr
     let path = path.as_ref();
     let image = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
-        .map_err(|e| EditError::Image(editmgt_vq::VqError::ImageFile {
-            path: path.to_path_buf(),
-            source: image::ImageError::IoError(e),
-        }))?
+        .map_err(|e| {
+            EditError::Image(editmgt_vq::VqError::ImageFile {
+                path: path.to_path_buf(),
+                source: image::ImageError::IoError(e),
+            })
+        })?
         .decode()
-        .map_err(|source| EditError::Image(editmgt_vq::VqError::ImageFile {
-            path: path.to_path_buf(),
-            source,
-        }))?;
+        .map_err(|source| {
+            EditError::Image(editmgt_vq::VqError::ImageFile {
+                path: path.to_path_buf(),
+                source,
+            })
+        })?;
     Ok(image.to_luma8())
 }

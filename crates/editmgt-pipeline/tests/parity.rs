@@ -53,7 +53,11 @@ fn identical(what: &str, ours: &[u32], expected: &[i64]) -> f64 {
 
 fn mean_abs_u8(what: &str, image: &RgbImage, expected: &[u8], shape: &[usize]) -> f64 {
     let (h, w) = (shape[2], shape[3]);
-    assert_eq!(image.dimensions(), (w as u32, h as u32), "{what}: image size");
+    assert_eq!(
+        image.dimensions(),
+        (w as u32, h as u32),
+        "{what}: image size"
+    );
     let mut total = 0u64;
     for (x, y, px) in image.enumerate_pixels() {
         for c in 0..3 {
@@ -69,7 +73,9 @@ fn mean_abs_u8(what: &str, image: &RgbImage, expected: &[u8], shape: &[usize]) -
 fn run(name: &str) {
     let meta = &case().meta["runs"][name];
     assert!(meta.is_object(), "pipeline fixture has no run `{name}`");
-    let negative = case().meta["default_negative_prompt"].as_str().expect("default negative");
+    let negative = case().meta["default_negative_prompt"]
+        .as_str()
+        .expect("default negative");
     let steps = meta["steps"].as_u64().unwrap() as usize;
     let guidance = meta["guidance_scale"].as_f64().unwrap() as f32;
     let prompt = meta["prompt"].as_str().unwrap();
@@ -117,7 +123,11 @@ fn run(name: &str) {
             (out.image, out.tokens)
         }
     };
-    assert_eq!(noise.remaining(), 0, "{name}: every recorded uniform is used");
+    assert_eq!(
+        noise.remaining(),
+        0,
+        "{name}: every recorded uniform is used"
+    );
 
     assert_eq!(recorded.steps.len(), steps);
     for (s, ours) in recorded.steps.iter().enumerate() {
@@ -127,7 +137,10 @@ fn run(name: &str) {
     }
     let expected = case().i64(&format!("{name}.tokens"));
     let frac = identical(&format!("{name} final"), &tokens, &expected.data);
-    assert!(frac >= 0.995, "{name}: only {frac:.4} of final tokens identical");
+    assert!(
+        frac >= 0.995,
+        "{name}: only {frac:.4} of final tokens identical"
+    );
 
     let expected = case().u8(&format!("{name}.image_u8"));
     let mean = mean_abs_u8(name, &image, &expected.data, &expected.shape);
@@ -144,10 +157,16 @@ fn run(name: &str) {
             let expected = case().f32(&score_names[s]);
             let err = relative_max_error(ours, &expected.data);
             println!("{name} step {s}: localisation scores error {err:.2e}");
-            assert!(err <= 1e-4, "{name} step {s}: scores error {err:.3e} > 1e-4");
+            assert!(
+                err <= 1e-4,
+                "{name} step {s}: scores error {err:.3e} > 1e-4"
+            );
         }
     } else {
-        assert!(recorded.scores.is_empty(), "{name}: scores without region hold");
+        assert!(
+            recorded.scores.is_empty(),
+            "{name}: scores without region hold"
+        );
     }
 }
 

@@ -1,0 +1,138 @@
+//! The `editmgt` binary against the repository's tiny model.
+
+use std::process::Command;
+
+use editmgt_testkit::{case_file, model_dir};
+
+fn editmgt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_editmgt"))
+}
+
+#[test]
+fn edits_an_image_and_writes_a_png_of_the_input_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An input that is not the model resolution: the result must come back at 320x240.
+    let source = image::open(case_file("source.png")).unwrap().to_rgb8();
+    let input = tmp.path().join("input.jpg");
+    image::imageops::resize(&source, 320, 240, image::imageops::FilterType::Triangle)
+        .save(&input)
+        .unwrap();
+    let out = tmp.path().join("edited.png");
+    let heatmap = tmp.path().join("heatmap.png");
+    let status = editmgt()
+        .args(["edit", "--model"])
+        .arg(model_dir())
+        .arg("--image")
+        .arg(&input)
+        .args([
+            "--prompt",
+            "make the sky blue",
+            "--steps",
+            "2",
+            "--seed",
+            "5",
+            "--quiet",
+        ])
+        .args([
+            "--hold",
+            "0.2",
+            "--hold-blocks",
+            "2..4",
+            "--query",
+            "sky",
+            "--heatmap",
+        ])
+        .arg(&heatmap)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let edited = image::open(&out).unwrap();
+    assert_eq!((edited.width(), edited.height()), (320, 240));
+    let heat = image::open(&heatmap).unwrap();
+    assert_eq!((heat.width(), heat.height()), (320, 240));
+}
+
+#[test]
+fn generates_an_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("cat.png");
+    let status = editmgt()
+        .args(["generate", "--model"])
+        .arg(model_dir())
+        .args([
+            "--prompt",
+            "a white cat",
+            "--steps",
+            "1",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let image = image::open(&out).unwrap();
+    assert_eq!((image.width(), image.height()), (1024, 1024));
+}
+
+#[test]
+fn errors_are_one_line_and_exit_non_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-model");
+    let output = editmgt()
+        .args(["edit", "--image"])
+        .arg(case_file("source.png"))
+        .args(["--prompt", "x", "--out"])
+        .arg(tmp.path().join("o.png"))
+        .arg("--model")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("editmgt: error: "), "{stderr}");
+
+    let output = editmgt()
+        .args(["edit", "--model"])
+        .arg(model_dir())
+        .args([
+            "--image",
+            "/nonexistent.png",
+            "--prompt",
+            "x",
+            "--steps",
+            "0",
+            "--out",
+        ])
+        .arg(tmp.path().join("o.png"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent.png"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+
+    let output = editmgt()
+        .args(["edit", "--model"])
+        .arg(model_dir())
+        .arg("--image")
+        .arg(case_file("source.png"))
+        .args(["--prompt", "x", "--steps", "0", "--out"])
+        .arg(tmp.path().join("o.png"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("steps"), "{stderr}");
+}

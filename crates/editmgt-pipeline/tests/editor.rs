@@ -1,0 +1,251 @@
+//! Editor behaviour beyond parity: batches, sizes, masks, cancellation and typed errors.
+
+use std::sync::OnceLock;
+
+use burn::tensor::Device;
+use editmgt_core::LoadError;
+use editmgt_pipeline::{
+    EditError, EditRequest, Editor, EditorOptions, Flow, GenerateRequest, Hooks, RegionHold,
+    RgbImage, StepEvent,
+};
+use editmgt_testkit::{case_file, model_dir};
+use image::GrayImage;
+
+fn editor() -> &'static Editor {
+    static EDITOR: OnceLock<Editor> = OnceLock::new();
+    EDITOR.get_or_init(|| {
+        Editor::from_folder(model_dir(), &Device::flex(), EditorOptions::default())
+            .expect("the tiny fixture model loads")
+    })
+}
+
+fn source() -> RgbImage {
+    editmgt_pipeline::load_image(case_file("source.png")).unwrap()
+}
+
+fn invalid_field(result: Result<impl std::fmt::Debug, EditError>) -> &'static str {
+    match result {
+        Err(EditError::InvalidRequest { field, .. }) => field,
+        other => panic!("expected an invalid request, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_batch_of_two_equals_two_single_edits() {
+    let a = source();
+    let b = image::imageops::flip_horizontal(&image::imageops::resize(
+        &a,
+        640,
+        480,
+        image::imageops::FilterType::Triangle,
+    ));
+    let ra = EditRequest::new("make it into Ghibli style")
+        .steps(3)
+        .seed(11);
+    let rb = EditRequest::new("turn the sky red")
+        .steps(3)
+        .seed(12)
+        .negative_prompt("blurry");
+    let batch = editor().edit_batch(&[(&a, &ra), (&b, &rb)]).unwrap();
+    let single_a = editor().edit(&a, &ra).unwrap();
+    let single_b = editor().edit(&b, &rb).unwrap();
+    assert_eq!(batch[0].tokens, single_a.tokens);
+    assert_eq!(batch[1].tokens, single_b.tokens);
+    assert_eq!(batch[0].image, single_a.image);
+    assert_eq!(batch[1].image, single_b.image);
+    assert_eq!(batch[1].image.dimensions(), (640, 480));
+    // Different seeds give different edits.
+    let other = editor().edit(&a, &ra.clone().seed(99)).unwrap();
+    assert_ne!(other.tokens, single_a.tokens);
+}
+
+#[test]
+fn any_input_size_comes_back_at_its_size_and_masks_of_any_size_are_resized() {
+    let small = image::imageops::resize(&source(), 300, 200, image::imageops::FilterType::Triangle);
+    // A mask of another size than the image and the token grid: the left half repaints.
+    let mask = GrayImage::from_fn(50, 40, |x, _| image::Luma([if x < 25 { 255 } else { 0 }]));
+    let request = EditRequest::new("make it into Ghibli style")
+        .steps(2)
+        .mask(mask);
+    let out = editor().edit(&small, &request).unwrap();
+    assert_eq!(out.image.dimensions(), (300, 200));
+    // Outside the mask every token keeps the source token.
+    let unmasked = editor()
+        .edit(
+            &small,
+            &EditRequest::new("x").steps(1).mask(GrayImage::new(8, 8)),
+        )
+        .unwrap();
+    let (h, w) = out.grid;
+    for y in 0..h {
+        for x in w / 2 + 1..w {
+            assert_eq!(
+                out.tokens[y * w + x],
+                unmasked.tokens[y * w + x],
+                "cell ({y}, {x})"
+            );
+        }
+    }
+}
+
+#[test]
+fn progress_reports_every_step_and_can_cancel() {
+    let mut seen = Vec::new();
+    let mut callback = |e: &StepEvent<'_>| {
+        seen.push((e.step, e.total));
+        if e.step == 2 {
+            Flow::Cancel
+        } else {
+            Flow::Continue
+        }
+    };
+    let result = editor().generate_with(
+        &GenerateRequest::new("a white cat").steps(4),
+        Hooks::progress(&mut callback),
+    );
+    assert!(
+        matches!(
+            result,
+            Err(EditError::Cancelled {
+                completed: 2,
+                total: 4
+            })
+        ),
+        "{result:?}"
+    );
+    assert_eq!(seen, vec![(1, 4), (2, 4)]);
+}
+
+#[test]
+fn localisation_maps_are_recorded_per_step() {
+    let request = EditRequest::new("make the sky blue")
+        .steps(2)
+        .region_hold(RegionHold::new(0.0).blocks([2, 4]).query("sky"))
+        .record_localisation(true);
+    let out = editor().edit(&source(), &request).unwrap();
+    assert_eq!(out.localisation.len(), 2);
+    for map in &out.localisation {
+        assert_eq!((map.batch(), map.height(), map.width()), (1, 32, 32));
+        let max = map.as_slice().iter().copied().fold(f32::MIN, f32::max);
+        let min = map.as_slice().iter().copied().fold(f32::MAX, f32::min);
+        assert!((0.0..=1.0).contains(&min) && max <= 1.0 && max > min);
+    }
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    let image = source();
+    let edit = |r: EditRequest| editor().edit(&image, &r);
+    let base = || EditRequest::new("make it into Ghibli style").steps(2);
+    assert_eq!(invalid_field(edit(base().steps(0))), "steps");
+    assert_eq!(invalid_field(edit(base().guidance(-1.0))), "guidance");
+    assert_eq!(invalid_field(edit(base().guidance(f32::NAN))), "guidance");
+    assert_eq!(
+        invalid_field(edit(base().reference_strength(0.0))),
+        "reference_strength"
+    );
+    assert_eq!(
+        invalid_field(edit(base().region_hold(RegionHold::new(1.5).blocks([2])))),
+        "region_hold.threshold"
+    );
+    assert_eq!(
+        invalid_field(edit(base().region_hold(RegionHold::new(-0.1).blocks([2])))),
+        "region_hold.threshold"
+    );
+    // Block 5 does not exist in the 5-block tiny model.
+    let err = edit(base().region_hold(RegionHold::new(0.1).blocks([2, 5]))).unwrap_err();
+    assert!(err.to_string().contains("blocks 0..5"), "{err}");
+    // The default blocks are for the released 42-block model.
+    let err = edit(base().region_hold(RegionHold::new(0.1))).unwrap_err();
+    assert!(err.to_string().contains("42-block"), "{err}");
+    // Query words that are not in the instruction.
+    assert_eq!(
+        invalid_field(edit(
+            base().region_hold(RegionHold::new(0.1).blocks([2]).query("zebra"))
+        )),
+        "region_hold.query"
+    );
+    assert_eq!(
+        invalid_field(edit(base().record_localisation(true))),
+        "record_localisation"
+    );
+    // A batch whose items disagree on shared parameters.
+    let (a, b) = (base(), base().steps(3));
+    assert_eq!(
+        invalid_field(editor().edit_batch(&[(&image, &a), (&image, &b)])),
+        "steps"
+    );
+    assert_eq!(invalid_field(editor().edit_batch(&[])), "items");
+    assert_eq!(
+        invalid_field(editor().generate(&GenerateRequest::new("a cat").steps(0))),
+        "steps"
+    );
+}
+
+#[test]
+fn bad_models_and_images_are_typed_errors() {
+    let device = Device::flex();
+    let tmp = tempfile::tempdir().unwrap();
+    match Editor::from_folder(tmp.path().join("absent"), &device, EditorOptions::default()) {
+        Err(EditError::Load(LoadError::MissingFolder { .. })) => {}
+        other => panic!("expected a missing folder, got {other:?}"),
+    }
+
+    // A copy of the tiny model with a truncated transformer checkpoint.
+    let copy = tmp.path().join("model");
+    for sub in [
+        "editmgt",
+        "vqvae",
+        "text_encoder",
+        "tokenizer",
+        "llm_encoder",
+        "scheduler",
+    ] {
+        std::fs::create_dir_all(copy.join(sub)).unwrap();
+        for entry in std::fs::read_dir(model_dir().join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.join(sub).join(entry.file_name())).unwrap();
+        }
+    }
+    let weights = copy.join("editmgt/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 1000]).unwrap();
+    let err = Editor::from_folder(&copy, &device, EditorOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            EditError::Transformer(editmgt_mgt::MgtError::Load(
+                LoadError::CorruptWeights { .. }
+            ))
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("diffusion_pytorch_model.safetensors"),
+        "{err}"
+    );
+
+    let garbage = tmp.path().join("photo.png");
+    std::fs::write(&garbage, b"not a png at all").unwrap();
+    let err = editmgt_pipeline::load_image(&garbage).unwrap_err();
+    assert!(matches!(err, EditError::Image(_)), "{err:?}");
+    assert!(err.to_string().contains("photo.png"), "{err}");
+    assert!(matches!(
+        editmgt_pipeline::load_mask(&garbage),
+        Err(EditError::Image(_))
+    ));
+
+    let options = EditorOptions {
+        resolution: 1000,
+        ..EditorOptions::default()
+    };
+    match Editor::from_folder(model_dir(), &device, options) {
+        Err(EditError::InvalidRequest {
+            field: "resolution",
+            ..
+        }) => {}
+        other => panic!("expected an invalid resolution, got {other:?}"),
+    }
+    assert!("tpu".parse::<editmgt_pipeline::DeviceSpec>().is_err());
+}
