@@ -210,7 +210,7 @@ impl Editor {
         };
         let factor = vq.downsampling_factor() as u32;
         let step = factor * if mgt.config().downsample { 2 } else { 1 };
-        if options.resolution == 0 || options.resolution % step != 0 {
+        if options.resolution == 0 || !options.resolution.is_multiple_of(step) {
             return Err(EditError::invalid(
                 "resolution",
                 options.resolution,
