@@ -527,40 +527,50 @@ impl Editor {
         let text = self.encode(&prompts)?;
         let rows_in_batch = prompts.len();
 
-        // Source tokens; in mask mode the masked cells are mask tokens, in the transformer's
-        // reference input too (the reference pipeline uses one tensor for both).
+        // Source tokens. In mask mode the masked cells start as mask tokens, and the
+        // transformer's reference input carries them too (the released pipeline uses one tensor
+        // for both); region hold restores the unmasked source tokens.
         let editing = jobs.iter().all(|j| j.source.is_some());
-        let mut references: Vec<Vec<u32>> = Vec::new();
+        let mut sources: Vec<Vec<u32>> = Vec::new();
         if editing {
-            let images: Vec<RgbImage> = jobs
+            let images: Vec<&RgbImage> = jobs
                 .iter()
-                .map(|j| j.source.as_ref().map(|s| s.0.clone()).unwrap_or_default())
+                .filter_map(|j| j.source.as_ref().map(|s| &s.0))
                 .collect();
-            let tokens = self.vq.tokenize(imaging::to_tensor(&images, device)?)?;
-            let flat = read_i64(tokens.reshape([n * cells]))?;
-            references = flat
+            let grid = self.vq.tokenize(imaging::to_tensor(&images, device)?)?;
+            let flat = read_i64(grid.reshape([n * cells]))?;
+            sources = flat
                 .chunks_exact(cells)
                 .map(|c| c.iter().map(|&t| t as u32).collect())
                 .collect();
         }
         let mut tokens: Vec<Vec<u32>> = Vec::with_capacity(n);
+        let mut references: Vec<Vec<u32>> = Vec::with_capacity(sources.len());
         let mut starting_ratio = vec![1f32; n];
         for (k, job) in jobs.iter().enumerate() {
-            match (job.mask, references.get_mut(k)) {
-                (Some(mask), Some(reference)) => {
+            match (job.mask, sources.get(k)) {
+                (Some(mask), Some(source)) => {
                     let grid = mask_grid(mask, h, w);
                     let masked = grid.iter().filter(|&&m| m).count();
-                    for (t, &m) in reference.iter_mut().zip(&grid) {
-                        if m {
-                            *t = mask_id;
-                        }
-                    }
                     starting_ratio[k] = masked as f32 / cells as f32;
-                    tokens.push(reference.clone());
+                    let start: Vec<u32> = source
+                        .iter()
+                        .zip(&grid)
+                        .map(|(&t, &m)| if m { mask_id } else { t })
+                        .collect();
+                    references.push(start.clone());
+                    tokens.push(start);
+                }
+                (None, Some(source)) => {
+                    references.push(source.clone());
+                    tokens.push(vec![mask_id; cells]);
                 }
                 _ => tokens.push(vec![mask_id; cells]),
             }
         }
+        // What the transformer attends to: the source, with the masked cells as mask tokens in
+        // mask mode.
+        let model_reference = editing.then(|| grid_tensor(&references, guided, h, w, device));
 
         let sampler = Sampler::from_config(&self.scheduler, shared.steps, shared.temperature)?;
         let mut noise: Vec<Box<dyn NoiseSource + '_>> = match hooks.noise {
@@ -594,7 +604,6 @@ impl Editor {
             ),
             device,
         );
-        let reference_tensor = editing.then(|| grid_tensor(&references, guided, h, w, device));
         let capture = match &shared.hold {
             None => CaptureRequest::none(),
             Some((_, blocks)) => {
@@ -628,7 +637,7 @@ impl Editor {
             )
             .with_capture(capture.clone())
             .with_rotary(rotary.clone());
-            if let (Some(reference), Some(strength)) = (&reference_tensor, shared.strength) {
+            if let (Some(reference), Some(strength)) = (&model_reference, shared.strength) {
                 input = input.with_reference(reference.clone(), strength);
             }
             let output = self.mgt.forward(input)?;
@@ -677,7 +686,7 @@ impl Editor {
                 );
                 input.starting_mask_ratio = starting_ratio[k];
                 if let (Some((threshold, _)), Some(score), Some(reference)) =
-                    (&shared.hold, &scores[k], references.get(k))
+                    (&shared.hold, &scores[k], sources.get(k))
                     && *threshold > 0.0
                 {
                     input.region_hold = Some(HoldInput {

@@ -249,3 +249,80 @@ fn bad_models_and_images_are_typed_errors() {
     }
     assert!("tpu".parse::<editmgt_pipeline::DeviceSpec>().is_err());
 }
+
+#[test]
+fn text_encoders_loaded_per_call_give_the_same_edit() {
+    let options = EditorOptions {
+        text_encoders: editmgt_pipeline::TextEncoders::LoadPerCall,
+        ..EditorOptions::default()
+    };
+    let lean = Editor::from_folder(model_dir(), &Device::flex(), options).unwrap();
+    let request = EditRequest::new("make it into Ghibli style")
+        .steps(2)
+        .seed(3);
+    let image = source();
+    assert_eq!(
+        lean.edit(&image, &request).unwrap().tokens,
+        editor().edit(&image, &request).unwrap().tokens
+    );
+}
+
+#[test]
+fn half_precision_editors_run() {
+    for float in [
+        editmgt_pipeline::FloatType::F16,
+        editmgt_pipeline::FloatType::BF16,
+    ] {
+        let options = EditorOptions {
+            float,
+            ..EditorOptions::default()
+        };
+        let editor = Editor::from_folder(model_dir(), &Device::flex(), options).unwrap();
+        let small =
+            image::imageops::resize(&source(), 64, 64, image::imageops::FilterType::Triangle);
+        let out = editor
+            .edit(
+                &small,
+                &EditRequest::new("make it into Ghibli style").steps(2),
+            )
+            .unwrap();
+        assert_eq!(out.image.dimensions(), (64, 64));
+        let (h, w) = out.grid;
+        assert_eq!(out.tokens.len(), h * w);
+        assert!(
+            out.tokens.iter().all(|&t| t < 64),
+            "{float}: tokens outside the codebook"
+        );
+    }
+}
+
+#[test]
+fn region_hold_in_mask_mode_restores_source_tokens() {
+    let image = source();
+    // Nothing masked: the edit returns the source tokens.
+    let source_tokens = editor()
+        .edit(
+            &image,
+            &EditRequest::new("x").steps(1).mask(GrayImage::new(8, 8)),
+        )
+        .unwrap()
+        .tokens;
+    // The left half masked, and every masked cell scoring below 1 held: all but the
+    // highest-scoring cells come back as the source.
+    let mask = GrayImage::from_fn(64, 64, |x, _| image::Luma([if x < 32 { 255 } else { 0 }]));
+    let request = EditRequest::new("make it into Ghibli style")
+        .steps(3)
+        .mask(mask)
+        .region_hold(RegionHold::new(1.0).blocks([2, 4]));
+    let out = editor().edit(&image, &request).unwrap();
+    let same = out
+        .tokens
+        .iter()
+        .zip(&source_tokens)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(
+        same * 100 >= out.tokens.len() * 99,
+        "only {same} tokens equal the source"
+    );
+}

@@ -4,6 +4,7 @@
 //! normalisation) and leave it through [`from_tensor`], which clips to `[0, 1]` and rounds
 //! `x * 255` half-to-even, as the reference's numpy post-processing does.
 
+use std::borrow::Borrow;
 use std::io::Cursor;
 use std::path::Path;
 
@@ -54,11 +55,12 @@ pub fn resize(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     image::imageops::resize(image, width, height, FilterType::CatmullRom)
 }
 
-/// Converts same-sized RGB images into a `[B, 3, H, W]` f32 tensor with values in `[0, 1]`.
-pub fn to_tensor(images: &[RgbImage], device: &Device) -> Result<Tensor<4>, VqError> {
-    let first = images.first().ok_or(VqError::EmptyBatch)?;
+/// Converts same-sized RGB images (owned or borrowed) into a `[B, 3, H, W]` f32 tensor with
+/// values in `[0, 1]`.
+pub fn to_tensor<I: Borrow<RgbImage>>(images: &[I], device: &Device) -> Result<Tensor<4>, VqError> {
+    let first = images.first().ok_or(VqError::EmptyBatch)?.borrow();
     let (w, h) = first.dimensions();
-    for (index, img) in images.iter().enumerate() {
+    for (index, img) in images.iter().map(Borrow::borrow).enumerate() {
         if img.dimensions() != (w, h) {
             return Err(VqError::MixedSizes {
                 index,
@@ -72,7 +74,11 @@ pub fn to_tensor(images: &[RgbImage], device: &Device) -> Result<Tensor<4>, VqEr
     let (w, h) = (w as usize, h as usize);
     let plane = w * h;
     let mut data = vec![0f32; images.len() * 3 * plane];
-    for (img, out) in images.iter().zip(data.chunks_exact_mut(3 * plane)) {
+    for (img, out) in images
+        .iter()
+        .map(Borrow::borrow)
+        .zip(data.chunks_exact_mut(3 * plane))
+    {
         for (i, px) in img.pixels().enumerate() {
             for c in 0..3 {
                 out[c * plane + i] = f32::from(px.0[c]) / 255.0;

@@ -232,7 +232,7 @@ fn bad_images_are_typed_errors() {
         other => panic!("expected an out-of-range token, got {other}"),
     }
     assert!(matches!(
-        imaging::to_tensor(&[], &device).unwrap_err(),
+        imaging::to_tensor::<image::RgbImage>(&[], &device).unwrap_err(),
         VqError::EmptyBatch
     ));
 }
