@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""Times the PyTorch reference of EditMGT at the shapes of our criterion benches.
+
+This script holds no reference code: it imports the reference's own classes and functions
+from a checkout of https://github.com/weichow23/EditMGT (``--reference``, the folder that holds
+``src/``) and drives them with random weights and random inputs, on the CPU, in float32,
+under ``torch.no_grad()``. See README.md next to this file for the packages, the commands and
+what each row corresponds to on the Rust side.
+
+Each row: one warm-up call, then calls until both ``--min-iters`` calls and ``--min-seconds``
+seconds are reached (heavy rows are capped by ``--max-iters``); the median and the minimum are
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_FIXTURES = HERE.parent.parent / "fixtures" / "real-shapes"
+BENCHES = ("mgt", "vq", "gemma", "sampler", "consolidation")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reference", default="/tmp/pyref", help="checkout of weichow23/EditMGT (holds src/)")
+    p.add_argument("--fixtures", default=str(DEFAULT_FIXTURES), help="folder with editmgt.json, vqvae.json, llm_encoder.json")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--only", nargs="*", choices=BENCHES, default=list(BENCHES), help="benches to run")
+    p.add_argument("--min-iters", type=int, default=10, help="minimum timed calls per row")
+    p.add_argument("--max-iters", type=int, default=200, help="maximum timed calls per row")
+    p.add_argument("--min-seconds", type=float, default=5.0, help="minimum timed seconds per row")
+    p.add_argument("--heavy-iters", type=int, default=5, help="timed calls for the MGT/VQ/Gemma rows")
+    p.add_argument("--timestep", type=int, default=35, help="MGT timestep (cost does not depend on it)")
+    p.add_argument("--sampler-steps", type=int, default=36, help="schedule length for the sampler step (our bench: 36)")
+    p.add_argument("--sampler-step-index", type=int, default=0, help="step index (our bench: 0, all masked)")
+    p.add_argument("--consolidation-heads", type=int, nargs="*", default=[1, 8],
+                   help="heads per captured map; 1 = the data volume of our bench, 8 = the released model")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    return p.parse_args()
+
+
+def measure(fn, min_iters, max_iters, min_seconds):
+    fn()  # warm-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "iters": len(times)}
+
+
+def fmt(seconds: float) -> str:
+    if seconds >= 1.0:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def load_config(fixtures: Path, name: str) -> dict:
+    with open(fixtures / name) as f:
+        return json.load(f)["config"]
+
+
+def bench_mgt(args, torch, rows):
+    from src.transformer import Transformer2DModel
+    from src.pipeline import _prepare_latent_image_ids
+
+    config = load_config(Path(args.fixtures), "editmgt.json")
+    config.update(num_layers=1, num_single_layers=2)
+    model = Transformer2DModel(**config).eval().float()
+    # Strength 1.1 on every attention module, as the reference pipeline sets it.
+    for name, module in model.named_modules():
+        if name.endswith(".attn"):
+            module.reference_strength_factor = torch.ones(1, 1) * 1.1
+
+    g = torch.Generator().manual_seed(0)
+    mask_id = config["vocab_size"] - 1
+    tokens = torch.randint(0, config["codebook_size"], (2, 64, 64), generator=g)
+    tokens[torch.rand(2, 64, 64, generator=g) < 0.6] = mask_id
+    reference = torch.randint(0, config["codebook_size"], (2, 64, 64), generator=g)
+    states = torch.randn(2, 256, config["joint_attention_dim"], generator=g)
+    pooled = torch.randn(2, config["pooled_projection_dim"], generator=g)
+    micro = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 6.0]] * 2)
+    timestep = torch.tensor([args.timestep] * 2, dtype=torch.long)
+    # ids as the pipeline builds them for a 1024x1024 edit (64x64 tokens, no up-sampling)
+    img_ids = _prepare_latent_image_ids(64, 64, tokens.device, tokens.dtype, up_sample=False)
+    ref_ids = _prepare_latent_image_ids(64, 64, reference.device, reference.dtype, up_sample=False)
+    txt_ids = torch.zeros(256, 3)
+
+    def forward():
+        return model(
+            hidden_states=tokens,
+            micro_conds=micro,
+            pooled_projections=pooled,
+            encoder_hidden_states=states,
+            img_ids=img_ids,
+            txt_ids=txt_ids,
+            timestep=timestep,
+            reference_image_hidden_states=reference,
+            reference_image_ids=ref_ids,
+            joint_attention_kwargs={"scale": None},
+            lora_part_enable=False,
+        )
+
+    first_single = len(model.transformer_blocks)  # block id of single-stream block 0
+
+    def capture():
+        out = forward()
+        proc = model.single_transformer_blocks[0].attn.processor
+        return out, proc.attention_weights["text_to_image"]
+
+    n = args.heavy_iters
+    model.clear_attention_hooks()
+    out = forward()
+    assert tuple(out.shape) == (2, config["codebook_size"], 64, 64), out.shape
+    rows.append(("mgt_forward / no_capture", measure(forward, n, n, 0.0)))
+    model.register_attention_hooks([first_single])
+    _, t2i = capture()
+    assert tuple(t2i.shape) == (2, config["num_attention_heads"], 256, 1024), t2i.shape
+    rows.append(("mgt_forward / capture_single_block", measure(capture, n, n, 0.0)))
+    model.clear_attention_hooks()
+
+
+def bench_vq(args, torch, rows):
+    from diffusers import VQModel
+    from diffusers.image_processor import VaeImageProcessor
+    from src.pipeline import Pipeline, pilimage_to_token
+
+    config = load_config(Path(args.fixtures), "vqvae.json")
+    vq = VQModel(**config).eval().float()
+    scale = 2 ** (len(config["block_out_channels"]) - 1)
+    # A stand-in for the pipeline object: only the attributes the reference helpers read.
+    pipe = SimpleNamespace(
+        vqvae=vq,
+        _execution_device=torch.device("cpu"),
+        scheduler=SimpleNamespace(config=SimpleNamespace(mask_token_id=8255)),
+        vae_scale_factor=scale,
+        image_processor=VaeImageProcessor(vae_scale_factor=scale, do_normalize=False),
+    )
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+
+    def encode():
+        return pilimage_to_token(pipe, image)
+
+    tokens = encode()
+    assert tuple(tokens.shape) == (1, 256 // scale, 256 // scale), tokens.shape
+
+    def decode(t=tokens):
+        return Pipeline.safe_decode_latents(pipe, t, 1, 256, 256, "pt")
+
+    assert tuple(decode().shape) == (1, 3, 256, 256)
+
+    def both():
+        return decode(encode())
+
+    n = args.heavy_iters
+    rows.append(("vq / encode+quantize", measure(encode, n, n, 0.0)))
+    rows.append(("vq / decode", measure(decode, n, n, 0.0)))
+    rows.append(("vq / encode+decode", measure(both, n, n, 0.0)))
+
+
+def bench_gemma(args, torch, rows):
+    from transformers import Gemma2Config, Gemma2Model
+
+    config = load_config(Path(args.fixtures), "llm_encoder.json")
+    config.update(num_hidden_layers=2, vocab_size=4096, torch_dtype="float32")
+    cfg = Gemma2Config(**config)
+    cfg._attn_implementation = "eager"
+    model = Gemma2Model(cfg).eval().float()
+    ids = torch.tensor([[(i * 37) % 4096 for i in range(256)]])
+
+    def forward():
+        return model(input_ids=ids, use_cache=False).last_hidden_state
+
+    assert tuple(forward().shape) == (1, 256, config["hidden_size"])
+    n = args.heavy_iters
+    rows.append(("gemma2 forward / 2304 wide, 2 layers, 1x256", measure(forward, n, n, 0.0)))
+
+
+def bench_sampler(args, torch, rows):
+    from src.scheduler import Scheduler
+
+    mask_id = 8255
+    scheduler = Scheduler(mask_token_id=mask_id, masking_schedule="cosine")
+    scheduler.set_timesteps(args.sampler_steps, (2, 0))
+    timestep = scheduler.timesteps[args.sampler_step_index]
+    g = torch.Generator().manual_seed(7)
+    logits = torch.rand(1, 8192, 64, 64, generator=g) * 12.0 - 6.0
+    sample = torch.full((1, 64, 64), mask_id, dtype=torch.long)
+    noise = torch.Generator().manual_seed(1)
+
+    def step():
+        return scheduler.step(model_output=logits, timestep=timestep, sample=sample, generator=noise,
+                              starting_mask_ratio=1.0).prev_sample
+
+    remasked = int((step() == mask_id).sum())
+    label = f"sampler / step 4096 x 8192 (all masked, {args.sampler_steps} steps, index {args.sampler_step_index}, {remasked} re-masked)"
+    rows.append((label, measure(step, args.min_iters, args.max_iters, args.min_seconds)))
+
+    half = torch.full_like(logits, 0.5)
+
+    def guidance():
+        # the guidance combination the reference pipeline applies to the logits of a batch pair
+        return half + 6.0 * (logits - half)
+
+    rows.append(("sampler / guidance u + g (c - u) over 4096 x 8192",
+                 measure(guidance, args.min_iters, args.max_iters, args.min_seconds)))
+
+
+def bench_consolidation(args, torch, rows):
+    from src.local_utils import rescale_scores, smooth_local_scores, tokens_to_attn
+    from src.scheduler import upsample_score_map
+
+    t = torch.arange(256).view(256, 1)
+    n = torch.arange(1024).view(1, 1024)
+    for heads in args.consolidation_heads:
+        blocks = []
+        for k in range(9):
+            # the values of our bench's maps ([1, 256, 1024] per block), per head, for the
+            # guidance pair (the reference keeps the conditional half)
+            m = (((k * 31 + t * 17 + n * 7) % 101).float() / 101.0 / 1024.0)
+            m = m.expand(2, heads, 256, 1024).contiguous()
+            proc = SimpleNamespace(attention_weights={"text_to_image": m, "reference_text_to_image": None})
+            blocks.append(SimpleNamespace(attn=SimpleNamespace(processor=proc)))
+        pipe = SimpleNamespace(
+            attention_enable_blocks=list(range(9)),
+            local_query_text=None,
+            tokenizer=None,
+            tokenizer_t5=None,
+            transformer=SimpleNamespace(transformer_blocks=[], single_transformer_blocks=blocks,
+                                        text_encoder_architecture="CLIP_Gemma2"),
+        )
+
+        def consolidate():
+            return tokens_to_attn(pipe=pipe, global_enable=False, prompt=None)[1]
+
+        local = consolidate()
+        assert tuple(local.shape) == (1, 1024), local.shape
+        rows.append((f"consolidate 9 blocks x {heads} head(s) x 256 rows x 1024 tokens",
+                     measure(consolidate, args.min_iters, args.max_iters, args.min_seconds)))
+
+    def smooth():
+        s = smooth_local_scores(rescale_scores(local), method="adaptive", strength=1.0)
+        return upsample_score_map(s)
+
+    assert tuple(smooth().shape) == (1, 4096)
+    rows.append(("rescale + adaptive smoothing + bicubic x2 (32x32)",
+                 measure(smooth, args.min_iters, args.max_iters, args.min_seconds)))
+
+
+def main() -> int:
+    args = parse_args()
+    ref = Path(args.reference).resolve()
+    if not (ref / "src" / "transformer.py").is_file():
+        print(f"no reference checkout at {ref} (expected src/transformer.py)", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(ref))
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, reference {ref}", flush=True)
+    try:
+        print(f"load average before: {os.getloadavg()}", flush=True)
+    except OSError:
+        pass
+
+    rows = []
+    runners = {"mgt": bench_mgt, "vq": bench_vq, "gemma": bench_gemma, "sampler": bench_sampler,
+               "consolidation": bench_consolidation}
+    with torch.no_grad():
+        for name in BENCHES:
+            if name in args.only:
+                before = len(rows)
+                runners[name](args, torch, rows)
+                for label, r in rows[before:]:
+                    print(f"  {label}: median {fmt(r['median_s'])} (min {fmt(r['min_s'])}, {r['iters']} calls)", flush=True)
+
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    width = max(len(label) for label, _ in rows)
+    print()
+    print(f"{'bench'.ljust(width)} | {'median':>10} | {'min':>10} | calls")
+    print(f"{'-' * width}-|-{'-' * 10}-|-{'-' * 10}-|------")
+    for label, r in rows:
+        print(f"{label.ljust(width)} | {fmt(r['median_s']):>10} | {fmt(r['min_s']):>10} | {r['iters']}")
+    if load is not None:
+        print(f"\nload average after: {load}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "threads": args.threads, "load_after": load,
+                       "rows": [{"bench": label, **r} for label, r in rows]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
