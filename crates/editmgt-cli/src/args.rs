@@ -14,6 +14,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+impl Cli {
+    /// Whether the run should keep freed memory for reuse ([`crate::allocator`]): on the CPU,
+    /// unless `--low-memory` asks for memory back.
+    pub fn keeps_freed_memory(&self) -> bool {
+        let model = match &self.command {
+            Command::Edit(args) => &args.model,
+            Command::Generate(args) => &args.model,
+        };
+        model.device == DeviceSpec::Cpu && !model.low_memory
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -196,5 +208,17 @@ mod tests {
         assert_eq!(args.model.dtype, FloatType::BF16);
         assert_eq!(args.model.device, DeviceSpec::Cuda(1));
         assert_eq!(args.hold_blocks.unwrap().0.len(), 9);
+    }
+
+    #[test]
+    fn freed_memory_is_kept_only_for_cpu_runs_without_low_memory() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["editmgt", "generate", "--prompt", "p", "--out", "o.png"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).unwrap().keeps_freed_memory()
+        };
+        assert!(parse(&[]));
+        assert!(!parse(&["--low-memory"]));
+        assert!(!parse(&["--device", "wgpu"]));
     }
 }

@@ -9,6 +9,7 @@
 //! (default `WeiChow/EditMGT`, with the `hub` feature). Errors are printed as one line and exit
 //! with status 1.
 
+mod allocator;
 mod args;
 mod run;
 
@@ -18,6 +19,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
+    if cli.keeps_freed_memory() {
+        allocator::keep_freed_memory();
+    }
     match run::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
