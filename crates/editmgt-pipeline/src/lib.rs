@@ -25,6 +25,11 @@
 //! decides which tokens keep their source value. The VQ decoder turns the final tokens into
 //! pixels, resized back to the input's size.
 //!
+//! On the CPU with glibc, a long run is about 15% faster when the allocator keeps freed memory
+//! for reuse instead of unmapping every large activation (the `editmgt` CLI sets this itself):
+//! start the process with
+//! `GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295`.
+//!
 //! [`Device`]: burn::tensor::Device
 
 mod device;
