@@ -1,14 +1,12 @@
 //! The loader on a small module written to safetensors in PyTorch layout.
 
-use std::collections::HashMap;
-use std::path::Path;
-
 use burn::module::Module;
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use editmgt_core::shapes::{parameter_count, parameter_table};
 use editmgt_core::{FloatType, KeyMap, LoadError, WeightFiles, load_module};
-use safetensors::tensor::{Dtype, TensorView};
+use editmgt_testkit::weights::write_safetensors;
+use safetensors::tensor::Dtype;
 
 #[derive(Module, Debug)]
 struct Block {
@@ -62,33 +60,6 @@ fn checkpoint() -> Vec<(String, Vec<usize>, Vec<f32>)> {
     out
 }
 
-fn write(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: Dtype) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, v)| {
-            let b = match dtype {
-                Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                Dtype::F16 => v
-                    .iter()
-                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                    .collect(),
-                Dtype::BF16 => v
-                    .iter()
-                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                    .collect(),
-                _ => unreachable!(),
-            };
-            (n.clone(), s.clone(), b)
-        })
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
-        .collect();
-    let data = safetensors::serialize(views, None::<HashMap<String, String>>).unwrap();
-    std::fs::write(path, data).unwrap();
-}
-
 fn values(t: Tensor<2>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
 }
@@ -107,7 +78,7 @@ fn loads_pytorch_layout_with_renames_and_dtypes() {
     let mut reference = None;
     for dtype in [Dtype::F32, Dtype::F16, Dtype::BF16] {
         let path = dir.path().join(format!("model_{dtype:?}.safetensors"));
-        write(&path, &ckpt, dtype);
+        write_safetensors(&path, &ckpt, dtype);
         let model = load_module(
             net(&device),
             &WeightFiles::single(&path),
@@ -150,7 +121,7 @@ fn loads_into_half_precision() {
     let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
-    write(&path, &checkpoint(), Dtype::F32);
+    write_safetensors(&path, &checkpoint(), Dtype::F32);
     let model = load_module(
         net(&device),
         &WeightFiles::single(&path),
@@ -192,7 +163,7 @@ fn errors_name_the_tensor_and_file() {
     let mut ckpt = checkpoint();
     ckpt.retain(|(n, _, _)| n != "blocks.1.norm.bias");
     let path = dir.path().join("missing.safetensors");
-    write(&path, &ckpt, Dtype::F32);
+    write_safetensors(&path, &ckpt, Dtype::F32);
     match load_module(
         net(&device),
         &WeightFiles::single(&path),
@@ -209,7 +180,7 @@ fn errors_name_the_tensor_and_file() {
     let mut ckpt = checkpoint();
     ckpt[4].1 = vec![4, 6];
     let path = dir.path().join("shape.safetensors");
-    write(&path, &ckpt, Dtype::F32);
+    write_safetensors(&path, &ckpt, Dtype::F32);
     match load_module(
         net(&device),
         &WeightFiles::single(&path),
@@ -231,7 +202,7 @@ fn errors_name_the_tensor_and_file() {
 
     // Truncated file.
     let good = dir.path().join("good.safetensors");
-    write(&good, &checkpoint(), Dtype::F32);
+    write_safetensors(&good, &checkpoint(), Dtype::F32);
     let bytes = std::fs::read(&good).unwrap();
     let path = dir.path().join("truncated.safetensors");
     std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
@@ -264,12 +235,12 @@ fn sharded_checkpoints_load_from_their_index() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = checkpoint();
     let (a, b) = ckpt.split_at(5);
-    write(
+    write_safetensors(
         &dir.path().join("model-00001-of-00002.safetensors"),
         a,
         Dtype::F32,
     );
-    write(
+    write_safetensors(
         &dir.path().join("model-00002-of-00002.safetensors"),
         b,
         Dtype::BF16,

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::Device;
@@ -10,9 +10,9 @@ use common::{Inputs, case_named};
 use editmgt_core::LoadError;
 use editmgt_core::shapes::{parameter_count, parameter_table};
 use editmgt_mgt::{Connector, FloatType, MgtConfig, MgtError, MgtTransformer};
+use editmgt_testkit::weights::{Tensors, read_f32_safetensors, write_safetensors};
 use editmgt_testkit::{Case, RealShapes, assert_close, model_dir, relative_max_error, to_f32_vec};
-use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 
 /// The released configuration builds a model with exactly the released tensor names and
 /// shapes, and its parameter count, without materialising anything.
@@ -126,53 +126,8 @@ fn unsupported_configuration_values_are_named() {
 }
 
 /// The tiny checkpoint's tensors as `(name, shape, f32 values)`.
-fn tiny_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let path = model_dir().join("editmgt/diffusion_pytorch_model.safetensors");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let file = SafeTensors::deserialize(&bytes).expect("safetensors");
-    let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), Dtype::F32, "{name}");
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (name, view.shape().to_vec(), values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
-    match dtype {
-        Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Dtype::F16 => values
-            .iter()
-            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-            .collect(),
-        Dtype::BF16 => values
-            .iter()
-            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-            .collect(),
-        other => panic!("unsupported {other:?}"),
-    }
-}
-
-fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: Dtype) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, v)| (n.clone(), s.clone(), encode(v, dtype)))
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
-        .collect();
-    let data = safetensors::serialize(views, None::<HashMap<String, String>>).unwrap();
-    std::fs::write(path, data).unwrap();
+fn tiny_tensors() -> Tensors {
+    read_f32_safetensors(&model_dir().join("editmgt/diffusion_pytorch_model.safetensors"))
 }
 
 /// A transformer folder with the tiny configuration and the given weights.

@@ -13,6 +13,8 @@ use burn::tensor::{Device, Int, Shape, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
+pub mod weights;
+
 /// The environment variable naming the fixture root.
 pub const FIXTURES_ENV: &str = "EDITMGT_FIXTURES";
 

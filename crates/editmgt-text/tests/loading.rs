@@ -1,20 +1,20 @@
 //! Loading: the released tensor lists, typed errors on bad inputs, half precision and sharded
 //! weights.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device};
 use editmgt_core::shapes::parameter_count;
 use editmgt_core::{FloatType, LoadError};
+use editmgt_testkit::weights::{read_f32_safetensors, write_safetensors};
 use editmgt_testkit::{Case, RealShapes, assert_close, model_dir, to_f32_vec};
 use editmgt_text::clip::ClipTextConfig;
 use editmgt_text::gemma::Gemma2Config;
 use editmgt_text::{
     ClipTextEncoder, ClipTokenizer, GemmaEncoder, GemmaTokenizer, TextEncoder, TextError,
 };
-use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
 fn vm_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -122,53 +122,6 @@ struct TempModel {
     dir: tempfile::TempDir,
 }
 
-type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
-
-fn read_tensors(path: &Path) -> Tensors {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut out = Vec::new();
-    for name in st.names() {
-        let view = st.tensor(name).unwrap();
-        assert_eq!(view.dtype(), Dtype::F32, "{name}");
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.push((name.to_string(), view.shape().to_vec(), values));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-fn write_tensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: Dtype) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, v)| {
-            let b = match dtype {
-                Dtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                Dtype::F16 => v
-                    .iter()
-                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                    .collect(),
-                Dtype::BF16 => v
-                    .iter()
-                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-                    .collect(),
-                other => panic!("unsupported {other:?}"),
-            };
-            (n.clone(), s.clone(), b)
-        })
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = bytes
-        .iter()
-        .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
-        .collect();
-    let data = safetensors::serialize(views, None::<HashMap<String, String>>).unwrap();
-    std::fs::write(path, data).unwrap();
-}
-
 fn copy_folder(from: &Path, to: &Path, skip: &[&str]) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -193,8 +146,8 @@ impl TempModel {
         }
         let model = Self { dir };
         for folder in ["text_encoder", "llm_encoder"] {
-            let tensors = read_tensors(&model_dir().join(folder).join("model.safetensors"));
-            write_tensors(
+            let tensors = read_f32_safetensors(&model_dir().join(folder).join("model.safetensors"));
+            write_safetensors(
                 &model.path(folder).join("model.safetensors"),
                 &tensors,
                 dtype,
@@ -266,7 +219,7 @@ fn sharded_weights_load_like_a_single_file() {
     let device = Device::flex();
     let model = TempModel::new(Dtype::F32);
     let folder = model.path("llm_encoder");
-    let tensors = read_tensors(&folder.join("model.safetensors"));
+    let tensors = read_f32_safetensors(&folder.join("model.safetensors"));
     std::fs::remove_file(folder.join("model.safetensors")).unwrap();
     let (first, second) = tensors.split_at(tensors.len() / 2);
     let mut weight_map = serde_json::Map::new();
@@ -274,7 +227,7 @@ fn sharded_weights_load_like_a_single_file() {
         ("model-00001-of-00002.safetensors", first),
         ("model-00002-of-00002.safetensors", second),
     ] {
-        write_tensors(&folder.join(shard), part, Dtype::BF16);
+        write_safetensors(&folder.join(shard), part, Dtype::BF16);
         for (name, _, _) in part {
             weight_map.insert(name.clone(), shard.into());
         }
@@ -305,12 +258,12 @@ fn unused_gemma_tensors_are_never_needed() {
     let folder = model.path("llm_encoder");
     let config = Gemma2Config::from_file(&folder.join("config.json")).unwrap();
     let unused = GemmaEncoder::unused_tensors(&config);
-    let mut tensors = read_tensors(&folder.join("model.safetensors"));
+    let mut tensors = read_f32_safetensors(&folder.join("model.safetensors"));
     let before = tensors.len();
     tensors.retain(|(name, _, _)| !unused.contains(name));
     // The tiny checkpoint ties lm_head to the embeddings, so it may not be stored at all.
     assert!(before - tensors.len() >= unused.len() - 1);
-    write_tensors(&folder.join("model.safetensors"), &tensors, Dtype::F32);
+    write_safetensors(&folder.join("model.safetensors"), &tensors, Dtype::F32);
     GemmaEncoder::from_folder(&folder, &device, FloatType::F32).unwrap();
 }
 
@@ -458,7 +411,7 @@ fn weights_with_missing_tensors_are_a_typed_error() {
         ("text_encoder", "text_projection.weight"),
     ] {
         let path = model.path(folder).join("model.safetensors");
-        let mut tensors = read_tensors(&path);
+        let mut tensors = read_f32_safetensors(&path);
         let before = tensors.len();
         tensors.retain(|(name, _, _)| name != missing);
         assert_eq!(
@@ -466,7 +419,7 @@ fn weights_with_missing_tensors_are_a_typed_error() {
             before,
             "{missing} is in the tiny checkpoint"
         );
-        write_tensors(&path, &tensors, Dtype::F32);
+        write_safetensors(&path, &tensors, Dtype::F32);
     }
     match expect_load_error(GemmaEncoder::from_model_dir(
         model.root(),

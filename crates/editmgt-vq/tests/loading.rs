@@ -1,15 +1,15 @@
 //! The released layout (real tensor names and shapes) and typed errors on bad inputs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use editmgt_core::shapes::parameter_count;
 use editmgt_core::{FloatType, LoadError};
+use editmgt_testkit::weights::{Tensors, read_f32_safetensors, write_safetensors};
 use editmgt_testkit::{RealShapes, model_dir};
 use editmgt_vq::{VqConfig, VqError, VqModel, imaging};
-use safetensors::SafeTensors;
-use safetensors::tensor::TensorView;
+use safetensors::Dtype;
 
 #[test]
 fn real_configuration_has_the_released_names_and_shapes() {
@@ -52,31 +52,16 @@ fn real_configuration_has_the_released_names_and_shapes() {
 }
 
 /// Rewrites the tiny weights into `dir` after `edit` changes the tensor list.
-fn write_modified(dir: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) {
+fn write_modified(dir: &Path, edit: impl FnOnce(&mut Tensors)) {
     let src = model_dir().join("vqvae");
-    let bytes = std::fs::read(src.join("diffusion_pytorch_model.safetensors")).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
-        .collect();
+    let mut tensors = read_f32_safetensors(&src.join("diffusion_pytorch_model.safetensors"));
     edit(&mut tensors);
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, s, d)| {
-            (
-                n.clone(),
-                TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap(),
-            )
-        })
-        .collect();
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("diffusion_pytorch_model.safetensors"),
-        safetensors::serialize(views, None::<HashMap<String, String>>).unwrap(),
-    )
-    .unwrap();
+    write_safetensors(
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        &tensors,
+        Dtype::F32,
+    );
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
 }
 

@@ -1,13 +1,11 @@
 //! Parity with the PyTorch reference (`cases/vq.safetensors`), in f32 and from f16/bf16 weights.
 
-use std::collections::HashMap;
-
 use burn::tensor::{Device, Int, Tensor};
 use editmgt_core::FloatType;
+use editmgt_testkit::weights::{read_f32_safetensors, write_safetensors};
 use editmgt_testkit::{Case, assert_close, model_dir, relative_max_error, to_f32_vec, to_i64_vec};
 use editmgt_vq::VqModel;
-use safetensors::SafeTensors;
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::Dtype;
 
 struct Outputs {
     latents: Vec<f32>,
@@ -59,38 +57,13 @@ fn matches_reference_in_f32() {
 /// Writes the tiny VQ weights converted to `dtype` into a model folder.
 fn half_copy(dtype: Dtype, dir: &std::path::Path) {
     let src = model_dir().join("vqvae");
-    let bytes = std::fs::read(src.join("diffusion_pytorch_model.safetensors")).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let converted: Vec<(String, Vec<usize>, Vec<u8>)> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            assert_eq!(view.dtype(), Dtype::F32, "{name}");
-            let data = view
-                .data()
-                .chunks_exact(4)
-                .flat_map(|c| {
-                    let x = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    match dtype {
-                        Dtype::F16 => half::f16::from_f32(x).to_le_bytes(),
-                        Dtype::BF16 => half::bf16::from_f32(x).to_le_bytes(),
-                        _ => unreachable!(),
-                    }
-                })
-                .collect();
-            (name, view.shape().to_vec(), data)
-        })
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = converted
-        .iter()
-        .map(|(n, s, d)| (n.clone(), TensorView::new(dtype, s.clone(), d).unwrap()))
-        .collect();
+    let tensors = read_f32_safetensors(&src.join("diffusion_pytorch_model.safetensors"));
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("diffusion_pytorch_model.safetensors"),
-        safetensors::serialize(views, None::<HashMap<String, String>>).unwrap(),
-    )
-    .unwrap();
+    write_safetensors(
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        &tensors,
+        dtype,
+    );
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
 }
 
