@@ -18,6 +18,18 @@ pub fn read_json<T: DeserializeOwned>(path: &Path, what: &str) -> Result<T, Load
     })
 }
 
+/// Parses a configuration already in memory into `T`; a mismatch is [`LoadError::Json`] naming
+/// `path` (the file the value came from).
+pub fn from_json_value<T: DeserializeOwned>(
+    value: serde_json::Value,
+    path: &Path,
+) -> Result<T, LoadError> {
+    serde_json::from_value(value).map_err(|source| LoadError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Reads a UTF-8 text file, with the same errors as [`read_json`].
 pub fn read_text(path: &Path, what: &str) -> Result<String, LoadError> {
     if !path.exists() {

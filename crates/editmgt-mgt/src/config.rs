@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use editmgt_core::LoadError;
-use editmgt_core::config::{Requirements, component_folder, read_json};
+use editmgt_core::config::{Requirements, component_folder, from_json_value, read_json};
 use serde::{Deserialize, Serialize};
 
 /// The component sub-folder of a model folder that holds the transformer.
@@ -163,11 +163,7 @@ impl MgtConfig {
 
     /// Parses and checks a configuration given as JSON (`path` only names it in errors).
     pub fn from_json_value(value: serde_json::Value, path: &Path) -> Result<Self, LoadError> {
-        let config: MgtConfig =
-            serde_json::from_value(value).map_err(|source| LoadError::Json {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let config: MgtConfig = from_json_value(value, path)?;
         config.validate(path)?;
         Ok(config)
     }

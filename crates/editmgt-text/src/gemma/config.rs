@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use editmgt_core::LoadError;
-use editmgt_core::config::{Requirements, read_json};
+use editmgt_core::config::{Requirements, from_json_value, read_json};
 use serde::{Deserialize, Serialize};
 
 /// The configuration of transformers' `Gemma2ForCausalLM` (`llm_encoder/config.json`), with
@@ -100,10 +100,7 @@ impl Gemma2Config {
 
     /// Parses and validates a configuration already in memory (`path` names it in errors).
     pub fn from_value(value: serde_json::Value, path: &Path) -> Result<Self, LoadError> {
-        let config: Self = serde_json::from_value(value).map_err(|source| LoadError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let config: Self = from_json_value(value, path)?;
         config.validate(path)?;
         Ok(config)
     }
