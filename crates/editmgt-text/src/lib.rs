@@ -34,6 +34,7 @@
 pub mod clip;
 mod encoder;
 mod error;
+mod fixed_length;
 pub mod gemma;
 mod ops;
 mod settings;

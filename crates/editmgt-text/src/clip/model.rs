@@ -224,7 +224,6 @@ impl ClipTextEncoder {
         device: &Device,
         dtype: FloatType,
     ) -> Result<Self, TextError> {
-        dtype.check_device(device)?;
         let config = ClipTextConfig::from_file(&folder.join("config.json"))?;
         let files = WeightFiles::discover(folder, "model")?;
         Self::load(config, &files, device, dtype)

@@ -1,8 +1,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use editmgt_core::LoadError;
-use editmgt_core::config::{read_json, read_text};
+use editmgt_core::config::{component_folder, read_json, read_text};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{BPE, Merges, Vocab};
 use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormalizerSequence};
@@ -11,11 +10,10 @@ use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{
-    AddedToken, NormalizerWrapper, PaddingDirection, PaddingParams, PaddingStrategy,
-    PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer, TruncationDirection, TruncationParams,
-    TruncationStrategy,
+    AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
+use crate::fixed_length::{encode_batch, fix_length, read_tokenizer_json, special_token_id};
 use crate::settings::{PaddingSide, TokenizerSettings};
 use crate::{TextError, TokenIds};
 
@@ -51,18 +49,13 @@ impl ClipTokenizer {
 
     /// Loads `tokenizer/` of a model folder (see [`ClipTokenizer::from_folder`]).
     pub fn from_model_dir(model_dir: &Path) -> Result<Self, TextError> {
-        let folder = editmgt_core::config::component_folder(model_dir, "tokenizer")?;
+        let folder = component_folder(model_dir, "tokenizer")?;
         Self::from_folder(&folder)
     }
 
     /// Builds the tokenizer from a tokenizer folder.
     pub fn from_folder(folder: &Path) -> Result<Self, TextError> {
-        if !folder.is_dir() {
-            return Err(LoadError::MissingFolder {
-                path: folder.to_path_buf(),
-            }
-            .into());
-        }
+        component_folder(folder, "")?; // the folder must exist
         let settings = TokenizerSettings::read(folder)?;
         let bos = settings
             .bos_token
@@ -83,25 +76,12 @@ impl ClipTokenizer {
 
         let json_path = folder.join("tokenizer.json");
         let mut tokenizer = if json_path.is_file() {
-            let text = read_text(&json_path, "CLIP tokenizer")?;
-            text.parse::<Tokenizer>()
-                .map_err(|e| TextError::TokenizerFile {
-                    path: json_path.clone(),
-                    message: e.to_string(),
-                })?
+            read_tokenizer_json(&json_path, "CLIP tokenizer")?
         } else {
             build_from_vocab(folder, &bos, &eos, &unk)?
         };
 
-        let id_of = |role: &'static str, token: &str| {
-            tokenizer
-                .token_to_id(token)
-                .ok_or_else(|| TextError::UnknownSpecialToken {
-                    path: folder.to_path_buf(),
-                    role,
-                    token: token.to_string(),
-                })
-        };
+        let id_of = |role, token: &str| special_token_id(&tokenizer, folder, role, token);
         let bos_id = id_of("bos", &bos)?;
         let eos_id = id_of("eos", &eos)?;
         id_of("unk", &unk)?;
@@ -120,29 +100,8 @@ impl ClipTokenizer {
             })?;
 
         let max_length = Self::MAX_LENGTH;
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| TextError::TokenizerFile {
-                path: folder.to_path_buf(),
-                message: e.to_string(),
-            })?;
-        let direction = match settings.padding_side.unwrap_or(PaddingSide::Right) {
-            PaddingSide::Left => PaddingDirection::Left,
-            PaddingSide::Right => PaddingDirection::Right,
-        };
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(max_length),
-            direction,
-            pad_to_multiple_of: None,
-            pad_id,
-            pad_type_id: 0,
-            pad_token: pad,
-        }));
+        let side = settings.padding_side.unwrap_or(PaddingSide::Right);
+        fix_length(&mut tokenizer, max_length, side, pad, pad_id, folder)?;
         Ok(Self {
             tokenizer,
             bos_id,
@@ -155,23 +114,7 @@ impl ClipTokenizer {
     /// Token ids `[prompts.len(), 77]` of a batch of prompts (an empty prompt is valid:
     /// start, end, pads). Fails on an empty batch.
     pub fn encode(&self, prompts: &[&str]) -> Result<TokenIds, TextError> {
-        if prompts.is_empty() {
-            return Err(TextError::EmptyBatch);
-        }
-        let rows = prompts
-            .iter()
-            .enumerate()
-            .map(|(index, prompt)| {
-                self.tokenizer
-                    .encode(*prompt, true)
-                    .map(|e| e.get_ids().to_vec())
-                    .map_err(|e| TextError::Tokenize {
-                        index,
-                        message: e.to_string(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        TokenIds::from_rows(rows)
+        encode_batch(&self.tokenizer, prompts)
     }
 
     /// The token strings of one prompt's row (byte-level BPE symbols, e.g. `sky</w>`).

@@ -261,7 +261,6 @@ impl GemmaEncoder {
         device: &Device,
         dtype: FloatType,
     ) -> Result<Self, TextError> {
-        dtype.check_device(device)?;
         let config = Gemma2Config::from_file(&folder.join("config.json"))?;
         let files = WeightFiles::discover(folder, "model")?;
         Self::load(config, &files, device, dtype)

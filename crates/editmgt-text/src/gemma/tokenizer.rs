@@ -1,13 +1,12 @@
 use std::path::Path;
 
-use editmgt_core::LoadError;
-use editmgt_core::config::{component_folder, read_text};
+use editmgt_core::config::component_folder;
+use tokenizers::Tokenizer;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{
-    Encoding, PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection,
-    TruncationParams, TruncationStrategy,
-};
 
+use crate::fixed_length::{
+    encode_batch, encode_one, fix_length, read_tokenizer_json, special_token_id,
+};
 use crate::settings::{PaddingSide, TokenizerSettings};
 use crate::{TextError, TokenIds};
 
@@ -52,33 +51,16 @@ impl GemmaTokenizer {
     /// Builds the tokenizer from a folder with `tokenizer.json` (required) and optionally
     /// `tokenizer_config.json` / `special_tokens_map.json`.
     pub fn from_folder(folder: &Path) -> Result<Self, TextError> {
-        if !folder.is_dir() {
-            return Err(LoadError::MissingFolder {
-                path: folder.to_path_buf(),
-            }
-            .into());
-        }
+        component_folder(folder, "")?; // the folder must exist
         let settings = TokenizerSettings::read(folder)?;
         let json_path = folder.join("tokenizer.json");
-        let text = read_text(&json_path, "Gemma tokenizer")?;
-        let mut tokenizer: Tokenizer =
-            text.parse()
-                .map_err(|e: tokenizers::Error| TextError::TokenizerFile {
-                    path: json_path.clone(),
-                    message: e.to_string(),
-                })?;
+        let mut tokenizer = read_tokenizer_json(&json_path, "Gemma tokenizer")?;
         let bad = |message: String| TextError::TokenizerFile {
             path: json_path.clone(),
             message,
         };
-        let id_of = |tokenizer: &Tokenizer, role: &'static str, token: &str| {
-            tokenizer
-                .token_to_id(token)
-                .ok_or_else(|| TextError::UnknownSpecialToken {
-                    path: folder.to_path_buf(),
-                    role,
-                    token: token.to_string(),
-                })
+        let id_of = |tokenizer: &Tokenizer, role, token: &str| {
+            special_token_id(tokenizer, folder, role, token)
         };
 
         let pad = settings.pad_token.clone().unwrap_or_else(|| "<pad>".into());
@@ -123,26 +105,15 @@ impl GemmaTokenizer {
         tokenizer.with_post_processor(Some(processor));
 
         let max_length = Self::MAX_LENGTH;
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| bad(e.to_string()))?;
         let padding_side = settings.padding_side.unwrap_or(PaddingSide::Left);
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::Fixed(max_length),
-            direction: match padding_side {
-                PaddingSide::Left => PaddingDirection::Left,
-                PaddingSide::Right => PaddingDirection::Right,
-            },
-            pad_to_multiple_of: None,
+        fix_length(
+            &mut tokenizer,
+            max_length,
+            padding_side,
+            pad,
             pad_id,
-            pad_type_id: 0,
-            pad_token: pad,
-        }));
+            &json_path,
+        )?;
         Ok(Self {
             tokenizer,
             pad_id,
@@ -152,33 +123,16 @@ impl GemmaTokenizer {
         })
     }
 
-    fn encode_one(&self, index: usize, prompt: &str) -> Result<Encoding, TextError> {
-        self.tokenizer
-            .encode(prompt, true)
-            .map_err(|e| TextError::Tokenize {
-                index,
-                message: e.to_string(),
-            })
-    }
-
     /// Token ids `[prompts.len(), 256]` of a batch of prompts (an empty prompt is valid: pads
     /// and `<bos>`). Fails on an empty batch.
     pub fn encode(&self, prompts: &[&str]) -> Result<TokenIds, TextError> {
-        if prompts.is_empty() {
-            return Err(TextError::EmptyBatch);
-        }
-        let rows = prompts
-            .iter()
-            .enumerate()
-            .map(|(index, prompt)| Ok(self.encode_one(index, prompt)?.get_ids().to_vec()))
-            .collect::<Result<Vec<_>, TextError>>()?;
-        TokenIds::from_rows(rows)
+        encode_batch(&self.tokenizer, prompts)
     }
 
     /// Every row of one prompt's padded sequence with its token and the byte range of the
     /// prompt it covers.
     pub fn token_spans(&self, prompt: &str) -> Result<Vec<TokenSpan>, TextError> {
-        let encoding = self.encode_one(0, prompt)?;
+        let encoding = encode_one(&self.tokenizer, 0, prompt)?;
         Ok(encoding
             .get_ids()
             .iter()
