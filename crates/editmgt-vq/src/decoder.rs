@@ -59,16 +59,13 @@ impl Decoder {
             .iter()
             .enumerate()
             .map(|(level, &width)| {
-                let resnets = (0..=config.layers_per_block)
-                    .map(|i| {
-                        ResnetBlock::new(
-                            if i == 0 { channels } else { width },
-                            width,
-                            groups,
-                            device,
-                        )
-                    })
-                    .collect();
+                let resnets = ResnetBlock::stack(
+                    channels,
+                    width,
+                    config.layers_per_block + 1,
+                    groups,
+                    device,
+                );
                 channels = width;
                 let upsamplers = if level < last {
                     vec![Upsample {

@@ -63,16 +63,8 @@ impl Encoder {
             .iter()
             .enumerate()
             .map(|(level, &width)| {
-                let resnets = (0..config.layers_per_block)
-                    .map(|i| {
-                        ResnetBlock::new(
-                            if i == 0 { channels } else { width },
-                            width,
-                            groups,
-                            device,
-                        )
-                    })
-                    .collect();
+                let resnets =
+                    ResnetBlock::stack(channels, width, config.layers_per_block, groups, device);
                 channels = width;
                 let downsamplers = if level < last {
                     vec![Downsample {

@@ -37,6 +37,23 @@ impl ResnetBlock {
         }
     }
 
+    /// `count` blocks taking `channels_in` to `channels_out` (the first block changes the
+    /// width, the others keep it): the resnets of one encoder or decoder level.
+    pub(crate) fn stack(
+        channels_in: usize,
+        channels_out: usize,
+        count: usize,
+        groups: usize,
+        device: &Device,
+    ) -> Vec<Self> {
+        (0..count)
+            .map(|i| {
+                let from = if i == 0 { channels_in } else { channels_out };
+                Self::new(from, channels_out, groups, device)
+            })
+            .collect()
+    }
+
     pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
         let h = self.conv2.forward(silu(self.norm2.forward(h)));
