@@ -103,6 +103,29 @@ fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([b, s, h * d])
 }
 
+/// One projection over the joint sequence: the text rows `[B, T, D]` and the image-stream rows
+/// `[B, streams*N, D]`, each through its own linear layer and optional RMSNorm over the head
+/// width, concatenated as `[B, H, T + streams*N, d]`.
+fn project_joint(
+    text: (&Tensor<3>, &Linear, Option<&RmsNorm>),
+    image: (&Tensor<3>, &Linear, Option<&RmsNorm>),
+    heads: usize,
+) -> Tensor<4> {
+    let part = |(x, linear, norm): (&Tensor<3>, &Linear, Option<&RmsNorm>)| {
+        heads_of(linear.forward(x.clone()), heads, norm)
+    };
+    Tensor::cat(vec![part(text), part(image)], 2)
+}
+
+/// Splits an attention output over the joint sequence (`[B, H, S, d]`) into the text rows and
+/// the image-stream rows, heads merged (`[B, T, H*d]`, `[B, S - T, H*d]`).
+fn split_text_rows(ctx: &JointContext, out: Tensor<4>) -> (Tensor<3>, Tensor<3>) {
+    let t = ctx.text_len;
+    let rest = ctx.seq_len() - t;
+    let text = merge_heads(out.clone().narrow(2, 0, t));
+    (text, merge_heads(out.narrow(2, t, rest)))
+}
+
 /// Which query rows an attention computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QueryRows {
@@ -203,40 +226,23 @@ impl DoubleStreamAttention {
         capture: Option<&CaptureRows>,
     ) -> (Tensor<3>, Tensor<3>, Option<Tensor<3>>) {
         let h = ctx.heads;
-        let q = Tensor::cat(
-            vec![
-                heads_of(
-                    self.add_q_proj.forward(text.clone()),
-                    h,
-                    Some(&self.norm_added_q),
-                ),
-                heads_of(self.to_q.forward(image.clone()), h, Some(&self.norm_q)),
-            ],
-            2,
+        let q = project_joint(
+            (&text, &self.add_q_proj, Some(&self.norm_added_q)),
+            (&image, &self.to_q, Some(&self.norm_q)),
+            h,
         );
-        let k = Tensor::cat(
-            vec![
-                heads_of(
-                    self.add_k_proj.forward(text.clone()),
-                    h,
-                    Some(&self.norm_added_k),
-                ),
-                heads_of(self.to_k.forward(image.clone()), h, Some(&self.norm_k)),
-            ],
-            2,
+        let k = project_joint(
+            (&text, &self.add_k_proj, Some(&self.norm_added_k)),
+            (&image, &self.to_k, Some(&self.norm_k)),
+            h,
         );
-        let v = Tensor::cat(
-            vec![
-                heads_of(self.add_v_proj.forward(text), h, None),
-                heads_of(self.to_v.forward(image), h, None),
-            ],
-            2,
+        let v = project_joint(
+            (&text, &self.add_v_proj, None),
+            (&image, &self.to_v, None),
+            h,
         );
         let (out, captured) = attend(ctx, q, k, v, capture, QueryRows::All);
-        let t = ctx.text_len;
-        let rest = ctx.seq_len() - t;
-        let text_out = merge_heads(out.clone().narrow(2, 0, t));
-        let image_out = merge_heads(out.narrow(2, t, rest));
+        let (text_out, image_out) = split_text_rows(ctx, out);
         (
             self.to_add_out.forward(text_out),
             self.to_out.forward(image_out),
@@ -288,13 +294,7 @@ impl SingleStreamAttention {
     ) -> (Option<Tensor<3>>, Tensor<3>, Option<Tensor<3>>) {
         let h = ctx.heads;
         let project = |linear: &Linear, norm: Option<&RmsNorm>| {
-            Tensor::cat(
-                vec![
-                    heads_of(linear.forward(text.clone()), h, norm),
-                    heads_of(linear.forward(image.clone()), h, norm),
-                ],
-                2,
-            )
+            project_joint((&text, linear, norm), (&image, linear, norm), h)
         };
         let q = project(&self.to_q, Some(&self.norm_q));
         let k = project(&self.to_k, Some(&self.norm_k));
@@ -302,10 +302,7 @@ impl SingleStreamAttention {
         let (out, captured) = attend(ctx, q, k, v, capture, rows);
         match rows {
             QueryRows::All => {
-                let t = ctx.text_len;
-                let rest = ctx.seq_len() - t;
-                let text_out = merge_heads(out.clone().narrow(2, 0, t));
-                let image_out = merge_heads(out.narrow(2, t, rest));
+                let (text_out, image_out) = split_text_rows(ctx, out);
                 (Some(text_out), image_out, captured)
             }
             QueryRows::ImageOnly => (None, merge_heads(out), captured),

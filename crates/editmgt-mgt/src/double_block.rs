@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::attention::{DoubleStreamAttention, JointContext};
 use crate::capture::CaptureRows;
-use crate::norm::{AdaLayerNormZero, layer_norm, modulate};
+use crate::norm::{AdaLayerNormZero, layer_norm, modulate, modulate_streams};
 
 /// Linear, tanh-approximated GELU, Linear (diffusers' `FeedForward` with
 /// `activation_fn="gelu-approximate"`; `net.0.proj` and `net.2` in the checkpoint).
@@ -115,12 +115,7 @@ impl DoubleStreamBlock {
             .collect();
 
         let text_normed = modulate(layer_norm(text.clone()), tm[0].clone(), tm[1].clone());
-        let image_normed = modulate(
-            per_stream(layer_norm(image.clone())),
-            im[0].clone(),
-            im[1].clone(),
-        )
-        .reshape([b, sn, d]);
+        let image_normed = modulate_streams(image.clone(), s, im[0].clone(), im[1].clone());
 
         let (text_attn, image_attn, captured) =
             self.attn.forward(ctx, text_normed, image_normed, capture);

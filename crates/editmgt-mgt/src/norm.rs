@@ -57,6 +57,19 @@ pub(crate) fn modulate<const D: usize>(
     normed * (scale + 1.0) + shift
 }
 
+/// The AdaLN input of the image stream `[B, streams * N, D]`: each stream's rows normalised and
+/// modulated by that stream's `shift` / `scale` (`[B, streams, 1, D]`).
+pub(crate) fn modulate_streams(
+    image: Tensor<3>,
+    streams: usize,
+    shift: Tensor<4>,
+    scale: Tensor<4>,
+) -> Tensor<3> {
+    let [b, sn, d] = image.dims();
+    let per_stream = layer_norm(image).reshape([b, streams, sn / streams, d]);
+    modulate(per_stream, shift, scale).reshape([b, sn, d])
+}
+
 /// AdaLayerNormZero's projection: `Linear(silu(temb))` split into `chunks` modulation vectors
 /// (6 in double-stream blocks: shift, scale, gate for attention and for the MLP; 3 in
 /// single-stream blocks). The LayerNorm itself has no parameters.

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor};
 use crate::attention::{JointContext, QueryRows, SingleStreamAttention};
 use crate::capture::CaptureRows;
 use crate::double_block::{BlockConditioning, gelu_tanh};
-use crate::norm::{AdaLayerNormZero, layer_norm, modulate};
+use crate::norm::{AdaLayerNormZero, layer_norm, modulate, modulate_streams};
 
 /// One single-stream block (the reference's `SingleTransformerBlock`): AdaLN-Zero (shift,
 /// scale, gate), attention and a tanh-GELU MLP in parallel, `proj_out(concat(attn, mlp))`
@@ -75,12 +75,7 @@ impl SingleStreamBlock {
         let im: Vec<Tensor<4>> = m.into_iter().map(|m| m.unsqueeze_dim(2)).collect();
 
         let text_normed = modulate(layer_norm(text.clone()), tm[0].clone(), tm[1].clone());
-        let image_normed = modulate(
-            per_stream(layer_norm(image.clone())),
-            im[0].clone(),
-            im[1].clone(),
-        )
-        .reshape([b, sn, d]);
+        let image_normed = modulate_streams(image.clone(), s, im[0].clone(), im[1].clone());
 
         let (text_attn, image_attn, captured) = self.attn.forward(
             ctx,
