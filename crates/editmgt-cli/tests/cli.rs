@@ -8,6 +8,23 @@ fn editmgt() -> Command {
     Command::new(env!("CARGO_BIN_EXE_editmgt"))
 }
 
+/// Runs `command` and requires success, showing its stderr otherwise.
+fn succeeds(command: &mut Command) {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs `command`, requires a non-zero exit and returns its stderr.
+fn fails(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn edits_an_image_and_writes_a_png_of_the_input_size() {
     let tmp = tempfile::tempdir().unwrap();
@@ -19,38 +36,33 @@ fn edits_an_image_and_writes_a_png_of_the_input_size() {
         .unwrap();
     let out = tmp.path().join("edited.png");
     let heatmap = tmp.path().join("heatmap.png");
-    let status = editmgt()
-        .args(["edit", "--model"])
-        .arg(model_dir())
-        .arg("--image")
-        .arg(&input)
-        .args([
-            "--prompt",
-            "make the sky blue",
-            "--steps",
-            "2",
-            "--seed",
-            "5",
-            "--quiet",
-        ])
-        .args([
-            "--hold",
-            "0.2",
-            "--hold-blocks",
-            "2..4",
-            "--query",
-            "sky",
-            "--heatmap",
-        ])
-        .arg(&heatmap)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&status.stderr)
+    succeeds(
+        editmgt()
+            .args(["edit", "--model"])
+            .arg(model_dir())
+            .arg("--image")
+            .arg(&input)
+            .args([
+                "--prompt",
+                "make the sky blue",
+                "--steps",
+                "2",
+                "--seed",
+                "5",
+                "--quiet",
+            ])
+            .args([
+                "--hold",
+                "0.2",
+                "--hold-blocks",
+                "2..4",
+                "--query",
+                "sky",
+                "--heatmap",
+            ])
+            .arg(&heatmap)
+            .arg("--out")
+            .arg(&out),
     );
     let edited = image::open(&out).unwrap();
     assert_eq!((edited.width(), edited.height()), (320, 240));
@@ -62,24 +74,19 @@ fn edits_an_image_and_writes_a_png_of_the_input_size() {
 fn generates_an_image() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cat.png");
-    let status = editmgt()
-        .args(["generate", "--model"])
-        .arg(model_dir())
-        .args([
-            "--prompt",
-            "a white cat",
-            "--steps",
-            "1",
-            "--quiet",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&status.stderr)
+    succeeds(
+        editmgt()
+            .args(["generate", "--model"])
+            .arg(model_dir())
+            .args([
+                "--prompt",
+                "a white cat",
+                "--steps",
+                "1",
+                "--quiet",
+                "--out",
+            ])
+            .arg(&out),
     );
     let image = image::open(&out).unwrap();
     assert_eq!((image.width(), image.height()), (1024, 1024));
@@ -89,50 +96,44 @@ fn generates_an_image() {
 fn errors_are_one_line_and_exit_non_zero() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("no-such-model");
-    let output = editmgt()
-        .args(["edit", "--image"])
-        .arg(case_file("source.png"))
-        .args(["--prompt", "x", "--out"])
-        .arg(tmp.path().join("o.png"))
-        .arg("--model")
-        .arg(&missing)
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = fails(
+        editmgt()
+            .args(["edit", "--image"])
+            .arg(case_file("source.png"))
+            .args(["--prompt", "x", "--out"])
+            .arg(tmp.path().join("o.png"))
+            .arg("--model")
+            .arg(&missing),
+    );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("editmgt: error: "), "{stderr}");
 
-    let output = editmgt()
-        .args(["edit", "--model"])
-        .arg(model_dir())
-        .args([
-            "--image",
-            "/nonexistent.png",
-            "--prompt",
-            "x",
-            "--steps",
-            "0",
-            "--out",
-        ])
-        .arg(tmp.path().join("o.png"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = fails(
+        editmgt()
+            .args(["edit", "--model"])
+            .arg(model_dir())
+            .args([
+                "--image",
+                "/nonexistent.png",
+                "--prompt",
+                "x",
+                "--steps",
+                "0",
+                "--out",
+            ])
+            .arg(tmp.path().join("o.png")),
+    );
     assert!(stderr.contains("/nonexistent.png"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 
-    let output = editmgt()
-        .args(["edit", "--model"])
-        .arg(model_dir())
-        .arg("--image")
-        .arg(case_file("source.png"))
-        .args(["--prompt", "x", "--steps", "0", "--out"])
-        .arg(tmp.path().join("o.png"))
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = fails(
+        editmgt()
+            .args(["edit", "--model"])
+            .arg(model_dir())
+            .arg("--image")
+            .arg(case_file("source.png"))
+            .args(["--prompt", "x", "--steps", "0", "--out"])
+            .arg(tmp.path().join("o.png")),
+    );
     assert!(stderr.contains("steps"), "{stderr}");
 }
