@@ -207,15 +207,7 @@ fn build_from_vocab(
     ])));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
 
-    let id_of = |role: &'static str, token: &str| {
-        tokenizer
-            .token_to_id(token)
-            .ok_or_else(|| TextError::UnknownSpecialToken {
-                path: folder.to_path_buf(),
-                role,
-                token: token.to_string(),
-            })
-    };
+    let id_of = |role, token: &str| special_token_id(&tokenizer, folder, role, token);
     let processor = RobertaProcessing::new(
         (eos.to_string(), id_of("eos", eos)?),
         (bos.to_string(), id_of("bos", bos)?),
