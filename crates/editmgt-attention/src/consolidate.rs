@@ -1,12 +1,96 @@
 //! Consolidating captured text-to-image attention into one score per image token
-//! (reference.md section 6).
+//! (docs/model.md section 6), on the maps' device.
 
-use ndarray::{ArrayView3, Axis};
+use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::smoothing::Smoother;
+use crate::upsample::Resize;
 use crate::{AdaptiveSmoothing, AttentionError, ScoreMap};
 
-/// Averages captured attention maps into scores `[B, height * width]` (returned as a
-/// [`ScoreMap`] on the `height x width` grid).
+/// Which text rows (queries) of the captured maps each batch item averages.
+///
+/// Rows index the text sequence the maps were captured with (the Gemma tokens); locate query
+/// words in that tokenisation (the reference looks them up in the CLIP tokenisation and uses
+/// those positions on the Gemma rows, a bug). A row listed twice counts twice.
+#[derive(Debug, Clone)]
+pub struct TextRows {
+    /// `[B, T]` averaging weights (each item's weights sum to 1); `None` for all rows.
+    weights: Option<Tensor<2>>,
+    text_rows: Option<usize>,
+}
+
+impl TextRows {
+    /// Every text row, for every batch item.
+    pub fn all() -> Self {
+        Self {
+            weights: None,
+            text_rows: None,
+        }
+    }
+
+    /// Per batch item, the rows to average (`None`: all of them), for maps with `text_rows`
+    /// rows; the weights are uploaded to `device` once. An empty list, or a row not below
+    /// `text_rows`, is an error.
+    pub fn per_item(
+        rows: &[Option<Vec<usize>>],
+        text_rows: usize,
+        device: &Device,
+    ) -> Result<Self, AttentionError> {
+        if rows.iter().all(Option::is_none) {
+            return Ok(Self::all());
+        }
+        if text_rows == 0 {
+            return Err(AttentionError::NoRows);
+        }
+        let mut weights = vec![0f32; rows.len() * text_rows];
+        for (item, selection) in rows.iter().enumerate() {
+            let w = &mut weights[item * text_rows..(item + 1) * text_rows];
+            match selection {
+                None => w.fill(1.0 / text_rows as f32),
+                Some(list) => {
+                    if list.is_empty() {
+                        return Err(AttentionError::NoRows);
+                    }
+                    if let Some(&row) = list.iter().find(|&&r| r >= text_rows) {
+                        return Err(AttentionError::RowOutOfRange {
+                            row,
+                            rows: text_rows,
+                        });
+                    }
+                    for &r in list {
+                        w[r] += 1.0;
+                    }
+                    let count = list.len() as f32;
+                    for v in w.iter_mut() {
+                        *v /= count;
+                    }
+                }
+            }
+        }
+        Ok(Self {
+            weights: Some(Tensor::from_data(
+                TensorData::new(weights, [rows.len(), text_rows]),
+                device,
+            )),
+            text_rows: Some(text_rows),
+        })
+    }
+
+    /// The same `rows` for each of `batch` items.
+    pub fn same(
+        rows: &[usize],
+        batch: usize,
+        text_rows: usize,
+        device: &Device,
+    ) -> Result<Self, AttentionError> {
+        if rows.is_empty() {
+            return Err(AttentionError::NoRows);
+        }
+        Self::per_item(&vec![Some(rows.to_vec()); batch], text_rows, device)
+    }
+}
+
+/// Averages captured attention maps into scores on the `height x width` image grid.
 ///
 /// Each element of `maps` is one captured block's text-to-image attention for the conditional
 /// half of the guidance batch, already averaged over heads: `[B, T, N]` with `T` text rows
@@ -14,21 +98,16 @@ use crate::{AdaptiveSmoothing, AttentionError, ScoreMap};
 /// hands over; if you hold per-head maps, average the heads first (all blocks have the same
 /// number of heads, so the mean over blocks, heads and rows is the same either way).
 ///
-/// `rows` selects the text rows to average (for example the rows of the query words); `None`
-/// averages all `T` rows. Rows index the text sequence the maps were captured with (the Gemma
-/// tokens); locate query words in that tokenisation (the reference looks them up in the CLIP
-/// tokenisation and uses those positions on the Gemma rows, a bug). Rows are used as listed (a row listed twice counts twice); an empty
-/// list is an error (the reference would produce NaN).
-///
-/// The mean over blocks and rows is accumulated in `f64` and rounded to `f32` once.
+/// `rows` selects the text rows each item averages ([`TextRows::all`] for all `T`). Everything
+/// runs on the maps' device, in `f32` (the mean over rows as one matrix product).
 pub fn consolidate(
-    maps: &[ArrayView3<'_, f32>],
-    rows: Option<&[usize]>,
+    maps: &[Tensor<3>],
+    rows: &TextRows,
     height: usize,
     width: usize,
 ) -> Result<ScoreMap, AttentionError> {
     let first = maps.first().ok_or(AttentionError::NoMaps)?;
-    let (batch, text_rows, tokens) = first.dim();
+    let [batch, text_rows, tokens] = first.dims();
     if batch == 0 {
         return Err(AttentionError::empty("batch"));
     }
@@ -42,72 +121,50 @@ pub fn consolidate(
             found: vec![tokens],
         });
     }
+    if text_rows == 0 {
+        return Err(AttentionError::NoRows);
+    }
     for (i, map) in maps.iter().enumerate() {
-        if map.dim() != (batch, text_rows, tokens) {
+        if map.dims() != [batch, text_rows, tokens] {
             return Err(AttentionError::ShapeMismatch {
                 what: format!("attention map {i} [B, T, N]"),
                 expected: vec![batch, text_rows, tokens],
-                found: map.shape().to_vec(),
+                found: map.dims().to_vec(),
             });
         }
     }
-    let all_rows: Vec<usize>;
-    let rows = match rows {
-        Some(rows) => {
-            if rows.is_empty() {
-                return Err(AttentionError::NoRows);
-            }
-            if let Some(&row) = rows.iter().find(|&&r| r >= text_rows) {
-                return Err(AttentionError::RowOutOfRange {
-                    row,
-                    rows: text_rows,
+    let mut sum = maps[0].clone();
+    for map in &maps[1..] {
+        sum = sum + map.clone();
+    }
+    let per_row = match (&rows.weights, rows.text_rows) {
+        (Some(weights), Some(t)) => {
+            if t != text_rows || weights.dims()[0] != batch {
+                return Err(AttentionError::ShapeMismatch {
+                    what: "text row selection [B, T]".into(),
+                    expected: vec![batch, text_rows],
+                    found: weights.dims().to_vec(),
                 });
             }
-            rows
+            // [B, 1, T] x [B, T, N]
+            weights
+                .clone()
+                .unsqueeze_dim::<3>(1)
+                .matmul(sum)
+                .reshape([batch, tokens])
         }
-        None => {
-            if text_rows == 0 {
-                return Err(AttentionError::NoRows);
-            }
-            all_rows = (0..text_rows).collect();
-            &all_rows
-        }
+        _ => sum.mean_dim(1).reshape([batch, tokens]),
     };
-
-    let mut sums = vec![0f64; batch * tokens];
-    for map in maps {
-        for (b, item) in map.axis_iter(Axis(0)).enumerate() {
-            let acc = &mut sums[b * tokens..(b + 1) * tokens];
-            for &r in rows {
-                let row = item.index_axis(Axis(0), r);
-                match row.as_slice() {
-                    Some(values) => {
-                        for (a, &v) in acc.iter_mut().zip(values) {
-                            *a += f64::from(v);
-                        }
-                    }
-                    None => {
-                        for (a, &v) in acc.iter_mut().zip(row.iter()) {
-                            *a += f64::from(v);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let count = (maps.len() * rows.len()) as f64;
-    let data = sums.into_iter().map(|s| (s / count) as f32).collect();
-    ScoreMap::from_flat(data, batch, height, width)
+    let scores = per_row / maps.len() as f32;
+    Ok(ScoreMap::new(scores.reshape([batch, height, width])))
 }
 
 /// The localisation scores the region hold uses, on the attention grid: [`consolidate`], then
 /// [`ScoreMap::rescale`], then [`ScoreMap::smooth`] with `smoothing`
 /// ([`AdaptiveSmoothing::default`] is the released pipeline's setting).
-///
-/// The sampler upsamples these to the token grid itself.
 pub fn local_scores(
-    maps: &[ArrayView3<'_, f32>],
-    rows: Option<&[usize]>,
+    maps: &[Tensor<3>],
+    rows: &TextRows,
     height: usize,
     width: usize,
     smoothing: &AdaptiveSmoothing,
@@ -117,38 +174,115 @@ pub fn local_scores(
         .smooth(smoothing)
 }
 
+/// Everything the edit loop needs to turn captured maps into region-hold scores, prepared once
+/// on the device: the text-row weights, the smoothing filters and the bicubic resize from the
+/// attention grid to the token grid. [`Localizer::locate`] then uploads nothing.
+#[derive(Debug, Clone)]
+pub struct Localizer {
+    rows: TextRows,
+    attention_grid: (usize, usize),
+    smoother: Smoother,
+    resize: Resize,
+}
+
+/// What [`Localizer::locate`] returns.
+#[derive(Debug, Clone)]
+pub struct Localization {
+    /// The localisation scores on the attention grid (consolidated, rescaled, smoothed).
+    pub scores: ScoreMap,
+    /// The same scores resized to the token grid, `[B, token_h * token_w]`, as the sampler's
+    /// region hold reads them.
+    pub on_tokens: Tensor<2>,
+}
+
+impl Localizer {
+    /// Prepares localisation of maps on `attention_grid` for a `token_grid`, on `device`.
+    pub fn new(
+        rows: TextRows,
+        attention_grid: (usize, usize),
+        token_grid: (usize, usize),
+        smoothing: &AdaptiveSmoothing,
+        device: &Device,
+    ) -> Result<Self, AttentionError> {
+        Ok(Self {
+            rows,
+            attention_grid,
+            smoother: smoothing.prepare(attention_grid.0, attention_grid.1, device)?,
+            resize: Resize::new(attention_grid, token_grid, device)?,
+        })
+    }
+
+    /// Consolidates, rescales and smooths `maps` (see [`local_scores`]) and resizes the result
+    /// to the token grid.
+    pub fn locate(&self, maps: &[Tensor<3>]) -> Result<Localization, AttentionError> {
+        let (h, w) = self.attention_grid;
+        let scores = self
+            .smoother
+            .apply(&consolidate(maps, &self.rows, h, w)?.rescale())?;
+        let up = self.resize.apply(&scores)?;
+        Ok(Localization {
+            on_tokens: up.rows(),
+            scores,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array3;
+
+    fn tensor(data: Vec<f32>, shape: [usize; 3]) -> Tensor<3> {
+        Tensor::from_data(TensorData::new(data, shape), &Device::flex())
+    }
 
     #[test]
     fn mean_over_blocks_and_rows() {
-        let a = Array3::from_shape_fn((2, 3, 4), |(b, t, n)| (b * 100 + t * 10 + n) as f32);
-        let b = a.mapv(|v| v + 1.0);
-        let s = consolidate(&[a.view(), b.view()], None, 2, 2).unwrap();
+        let a: Vec<f32> = (0..24)
+            .map(|i| ((i / 12) * 100 + (i / 4 % 3) * 10 + i % 4) as f32)
+            .collect();
+        let b: Vec<f32> = a.iter().map(|v| v + 1.0).collect();
+        let maps = [tensor(a.clone(), [2, 3, 4]), tensor(b, [2, 3, 4])];
+        let s = consolidate(&maps, &TextRows::all(), 2, 2).unwrap();
         assert_eq!(s.batch(), 2);
+        let v = s.to_vec().unwrap();
         // mean over t of (10 t) = 10, plus 0.5 from the second block
-        assert_eq!(s.as_slice()[..4], [10.5, 11.5, 12.5, 13.5]);
-        assert_eq!(s.as_slice()[4..], [110.5, 111.5, 112.5, 113.5]);
-        let only = consolidate(&[a.view()], Some(&[2]), 2, 2).unwrap();
-        assert_eq!(only.as_slice()[..4], [20.0, 21.0, 22.0, 23.0]);
+        assert_eq!(v[..4], [10.5, 11.5, 12.5, 13.5]);
+        assert_eq!(v[4..], [110.5, 111.5, 112.5, 113.5]);
+        let device = Device::flex();
+        let only = consolidate(
+            &[tensor(a.clone(), [2, 3, 4])],
+            &TextRows::per_item(&[Some(vec![2]), None], 3, &device).unwrap(),
+            2,
+            2,
+        )
+        .unwrap()
+        .to_vec()
+        .unwrap();
+        assert_eq!(only[..4], [20.0, 21.0, 22.0, 23.0]);
+        assert_eq!(only[4..], [110.0, 111.0, 112.0, 113.0]);
     }
 
     #[test]
     fn bad_inputs_are_errors() {
-        let a = Array3::<f32>::zeros((1, 3, 4));
-        let c = Array3::<f32>::zeros((1, 2, 4));
-        assert_eq!(consolidate(&[], None, 2, 2), Err(AttentionError::NoMaps));
-        assert!(consolidate(&[a.view(), c.view()], None, 2, 2).is_err());
-        assert!(consolidate(&[a.view()], None, 3, 2).is_err());
-        assert_eq!(
-            consolidate(&[a.view()], Some(&[3]), 2, 2),
+        let device = Device::flex();
+        let a = tensor(vec![0.0; 12], [1, 3, 4]);
+        let c = tensor(vec![0.0; 8], [1, 2, 4]);
+        let all = TextRows::all();
+        assert!(matches!(
+            consolidate(&[], &all, 2, 2),
+            Err(AttentionError::NoMaps)
+        ));
+        assert!(consolidate(&[a.clone(), c], &all, 2, 2).is_err());
+        assert!(consolidate(std::slice::from_ref(&a), &all, 3, 2).is_err());
+        assert!(matches!(
+            TextRows::same(&[3], 1, 3, &device),
             Err(AttentionError::RowOutOfRange { row: 3, rows: 3 })
-        );
-        assert_eq!(
-            consolidate(&[a.view()], Some(&[]), 2, 2),
+        ));
+        assert!(matches!(
+            TextRows::same(&[], 1, 3, &device),
             Err(AttentionError::NoRows)
-        );
+        ));
+        let wrong = TextRows::same(&[0], 1, 2, &device).unwrap();
+        assert!(consolidate(&[a], &wrong, 2, 2).is_err());
     }
 }

@@ -56,6 +56,9 @@ pub enum AttentionError {
         /// What is allowed.
         reason: String,
     },
+    /// Reading scores back from the device failed.
+    #[error("reading scores back from the device failed: {0}")]
+    Readback(String),
 }
 
 impl AttentionError {

@@ -1,7 +1,6 @@
 //! Rendering a score grid as a heatmap over the source image, to see where an edit will land.
 
 use image::{Rgb, RgbImage};
-use ndarray::ArrayView2;
 
 use crate::AttentionError;
 
@@ -34,14 +33,17 @@ pub fn colour(value: f32) -> [u8; 3] {
     std::array::from_fn(|c| (a[c] + (b[c] - a[c]) * t).round().clamp(0.0, 255.0) as u8)
 }
 
-/// Renders `scores` (one `h x w` grid, values expected in `[0, 1]`, e.g. after
-/// [`rescale`](crate::rescale)) as a heatmap blended over `source`.
+/// Renders `scores` (one `h x w` grid, row-major on the host, values expected in `[0, 1]`,
+/// e.g. after [`ScoreMap::rescale`](crate::ScoreMap::rescale)) as a heatmap blended over
+/// `source`.
 ///
 /// The grid is stretched over the whole image (bilinear, half-pixel centres), coloured with
 /// [`colour`], and mixed as `(1 - opacity) * source + opacity * colour`. The result has the
 /// source's size. `opacity` must be in `[0, 1]`.
 pub fn heatmap(
-    scores: ArrayView2<'_, f32>,
+    scores: &[f32],
+    h: usize,
+    w: usize,
     source: &RgbImage,
     opacity: f32,
 ) -> Result<RgbImage, AttentionError> {
@@ -52,10 +54,17 @@ pub fn heatmap(
             "must be in [0, 1]",
         ));
     }
-    let (h, w) = scores.dim();
     if h == 0 || w == 0 {
         return Err(AttentionError::empty("score grid"));
     }
+    if scores.len() != h * w {
+        return Err(AttentionError::LengthMismatch {
+            what: format!("score grid {h}x{w}"),
+            expected: h * w,
+            found: scores.len(),
+        });
+    }
+    let at = |y: usize, x: usize| scores[y * w + x];
     let (width, height) = source.dimensions();
     if width == 0 || height == 0 {
         return Err(AttentionError::empty("source image"));
@@ -65,8 +74,8 @@ pub fn heatmap(
     let mut out = RgbImage::new(width, height);
     for (py, &(y0, y1, ty)) in ys.iter().enumerate() {
         for (px, &(x0, x1, tx)) in xs.iter().enumerate() {
-            let top = scores[(y0, x0)] * (1.0 - tx) + scores[(y0, x1)] * tx;
-            let bottom = scores[(y1, x0)] * (1.0 - tx) + scores[(y1, x1)] * tx;
+            let top = at(y0, x0) * (1.0 - tx) + at(y0, x1) * tx;
+            let bottom = at(y1, x0) * (1.0 - tx) + at(y1, x1) * tx;
             let value = top * (1.0 - ty) + bottom * ty;
             let c = colour(value);
             let s = source.get_pixel(px as u32, py as u32).0;
@@ -97,7 +106,6 @@ fn bilinear_taps(input: usize, output: usize) -> Vec<(usize, usize, f32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndarray::Array2;
 
     #[test]
     fn ramp_ends() {
@@ -109,13 +117,13 @@ mod tests {
     #[test]
     fn heatmap_has_the_source_size_and_blends() {
         let source = RgbImage::from_pixel(10, 6, Rgb([100, 100, 100]));
-        let scores = Array2::from_shape_fn((2, 2), |(y, x)| (y * 2 + x) as f32 / 3.0);
-        let img = heatmap(scores.view(), &source, 0.0).unwrap();
+        let scores: Vec<f32> = (0..4).map(|i| i as f32 / 3.0).collect();
+        let img = heatmap(&scores, 2, 2, &source, 0.0).unwrap();
         assert_eq!(img.dimensions(), (10, 6));
         assert!(img.pixels().all(|p| p.0 == [100, 100, 100]));
-        let img = heatmap(scores.view(), &source, 1.0).unwrap();
+        let img = heatmap(&scores, 2, 2, &source, 1.0).unwrap();
         assert_eq!(img.get_pixel(0, 0).0, colour(0.0));
         assert_eq!(img.get_pixel(9, 5).0, colour(1.0));
-        assert!(heatmap(scores.view(), &source, 1.5).is_err());
+        assert!(heatmap(&scores, 2, 2, &source, 1.5).is_err());
     }
 }

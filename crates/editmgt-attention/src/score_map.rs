@@ -1,37 +1,41 @@
-//! [`ScoreMap`]: a batch of per-token scores on an `height x width` grid.
+//! [`ScoreMap`]: a batch of per-token scores on an `height x width` grid, on a device.
 
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::AttentionError;
 use crate::smoothing::AdaptiveSmoothing;
+use crate::upsample::Resize;
 
-/// A batch of scores, one `height x width` grid per batch item (`[B, H, W]`, row-major).
+/// A batch of scores, one `height x width` grid per batch item: a `[B, H, W]` float tensor on
+/// the device it was computed on.
 ///
 /// This is what [`consolidate`](crate::consolidate) returns and what the sampler's region hold
 /// reads: a position `i` of the flattened grid is the image token `(i / width, i % width)`.
-/// Every method works per batch item, on any grid size.
-#[derive(Debug, Clone, PartialEq)]
+/// Every method works per batch item, on any grid size, on the map's device; only
+/// [`ScoreMap::to_vec`] and [`ScoreMap::heatmap`] read values back to the host.
+#[derive(Debug, Clone)]
 pub struct ScoreMap {
-    values: Array3<f32>,
+    values: Tensor<3>,
 }
 
 impl ScoreMap {
-    /// Wraps a `[B, H, W]` array (any memory layout; it is stored row-major).
-    pub fn new(values: Array3<f32>) -> Self {
-        let values = if values.is_standard_layout() {
+    /// Wraps `[B, H, W]` scores (cast to `f32` if they are not).
+    pub fn new(values: Tensor<3>) -> Self {
+        let values = if values.dtype() == DType::F32 {
             values
         } else {
-            values.as_standard_layout().into_owned()
+            values.cast(DType::F32)
         };
         Self { values }
     }
 
-    /// Builds a map from row-major `[batch, height, width]` values.
+    /// Builds a map on `device` from row-major `[batch, height, width]` host values.
     pub fn from_flat(
         data: Vec<f32>,
         batch: usize,
         height: usize,
         width: usize,
+        device: &Device,
     ) -> Result<Self, AttentionError> {
         let expected = batch * height * width;
         if data.len() != expected {
@@ -41,127 +45,121 @@ impl ScoreMap {
                 found: data.len(),
             });
         }
-        let values = Array3::from_shape_vec((batch, height, width), data).map_err(|_| {
-            AttentionError::ShapeMismatch {
-                what: "score map".into(),
-                expected: vec![batch, height, width],
-                found: vec![expected],
-            }
-        })?;
-        Ok(Self { values })
-    }
-
-    /// Stacks single grids (all of the same size) into a batch.
-    pub fn from_grids(grids: &[Array2<f32>]) -> Result<Self, AttentionError> {
-        let first = grids
-            .first()
-            .ok_or_else(|| AttentionError::empty("batch"))?;
-        let (h, w) = first.dim();
-        for g in grids {
-            if g.dim() != (h, w) {
-                return Err(AttentionError::ShapeMismatch {
-                    what: "grid of the batch".into(),
-                    expected: vec![h, w],
-                    found: vec![g.nrows(), g.ncols()],
-                });
-            }
+        if expected == 0 {
+            return Err(AttentionError::empty("score map"));
         }
-        let views: Vec<_> = grids.iter().map(|g| g.view()).collect();
-        let values =
-            ndarray::stack(Axis(0), &views).map_err(|_| AttentionError::ShapeMismatch {
-                what: "grids".into(),
-                expected: vec![h, w],
-                found: vec![],
-            })?;
-        Ok(Self::new(values))
+        Ok(Self {
+            values: Tensor::from_data(TensorData::new(data, [batch, height, width]), device),
+        })
     }
 
     /// The batch size `B`.
     pub fn batch(&self) -> usize {
-        self.values.dim().0
+        self.values.dims()[0]
     }
 
     /// The grid height `H`.
     pub fn height(&self) -> usize {
-        self.values.dim().1
+        self.values.dims()[1]
     }
 
     /// The grid width `W`.
     pub fn width(&self) -> usize {
-        self.values.dim().2
+        self.values.dims()[2]
     }
 
-    /// The values as a `[B, H, W]` view.
-    pub fn view(&self) -> ArrayView3<'_, f32> {
-        self.values.view()
+    /// The device the scores are on.
+    pub fn device(&self) -> Device {
+        self.values.device()
     }
 
-    /// One batch item's grid.
-    ///
-    /// Panics if `index >= self.batch()` (like slice indexing).
-    pub fn grid(&self, index: usize) -> ArrayView2<'_, f32> {
-        self.values.index_axis(Axis(0), index)
+    /// The `[B, H, W]` tensor.
+    pub fn tensor(&self) -> &Tensor<3> {
+        &self.values
     }
 
-    /// The row-major values (`B * H * W`; batch item `b` starts at `b * H * W`).
-    pub fn as_slice(&self) -> &[f32] {
-        self.values
-            .as_slice()
-            .expect("ScoreMap is always stored in standard layout")
-    }
-
-    /// The row-major values, consuming the map.
-    pub fn into_vec(self) -> Vec<f32> {
-        let (data, offset) = self.values.into_raw_vec_and_offset();
-        debug_assert!(offset.unwrap_or(0) == 0);
-        data
-    }
-
-    /// The `[B, H, W]` array, consuming the map.
-    pub fn into_array(self) -> Array3<f32> {
+    /// The `[B, H, W]` tensor, consuming the map.
+    pub fn into_tensor(self) -> Tensor<3> {
         self.values
     }
 
-    fn map_grids(
-        &self,
-        mut f: impl FnMut(ArrayView2<'_, f32>) -> Result<Array2<f32>, AttentionError>,
-    ) -> Result<Self, AttentionError> {
-        let grids = self
-            .values
-            .outer_iter()
-            .map(&mut f)
-            .collect::<Result<Vec<_>, _>>()?;
-        if grids.is_empty() {
-            return Err(AttentionError::empty("batch"));
+    /// The scores flattened per batch item, `[B, H * W]`.
+    pub fn rows(&self) -> Tensor<2> {
+        let [b, h, w] = self.values.dims();
+        self.values.clone().reshape([b, h * w])
+    }
+
+    /// Batch item `index` alone, as a map of batch 1.
+    pub fn item(&self, index: usize) -> Result<Self, AttentionError> {
+        if index >= self.batch() {
+            return Err(AttentionError::invalid(
+                "index",
+                index,
+                &format!("the map has a batch of {}", self.batch()),
+            ));
         }
-        Self::from_grids(&grids)
+        Ok(Self {
+            values: self.values.clone().slice(index..index + 1),
+        })
     }
 
-    /// [`rescale`](crate::rescale) applied to every batch item: `(s - min) / (max - min + 1e-8)`.
+    /// Reads the row-major values back to the host (`B * H * W`; batch item `b` starts at
+    /// `b * H * W`).
+    pub fn to_vec(&self) -> Result<Vec<f32>, AttentionError> {
+        self.values
+            .clone()
+            .try_into_data()
+            .map_err(|e| AttentionError::Readback(format!("{e:?}")))?
+            .to_vec::<f32>()
+            .map_err(|e| AttentionError::Readback(format!("{e:?}")))
+    }
+
+    /// [`rescale_rows`](crate::rescale_rows) applied to every batch item:
+    /// `(s - min) / (max - min + 1e-8)`.
     pub fn rescale(&self) -> Self {
-        let mut out = self.values.clone();
-        for mut grid in out.outer_iter_mut() {
-            if let Some(slice) = grid.as_slice_mut() {
-                crate::rescale::rescale_in_place(slice);
-            }
+        let [b, h, w] = self.values.dims();
+        Self {
+            values: crate::rescale_rows(self.rows()).reshape([b, h, w]),
         }
-        Self { values: out }
     }
 
     /// Adaptive smoothing ([`AdaptiveSmoothing::apply`]) of every batch item.
     pub fn smooth(&self, smoothing: &AdaptiveSmoothing) -> Result<Self, AttentionError> {
-        self.map_grids(|g| smoothing.apply(g))
+        smoothing.apply(self)
     }
 
-    /// Bicubic upsampling of every batch item by an integer `factor`
-    /// ([`upsample_bicubic`](crate::upsample_bicubic)).
+    /// Bicubic upsampling of every batch item by an integer `factor` (see [`Resize`]).
     pub fn upsample(&self, factor: usize) -> Result<Self, AttentionError> {
-        self.map_grids(|g| crate::upsample::upsample_bicubic(g, factor))
+        if factor == 0 {
+            return Err(AttentionError::invalid(
+                "factor",
+                factor,
+                "must be at least 1",
+            ));
+        }
+        self.resize(self.height() * factor, self.width() * factor)
     }
 
-    /// Bicubic resize of every batch item to `height x width`
-    /// ([`resize_bicubic`](crate::resize_bicubic)).
+    /// Bicubic resize of every batch item to `height x width` (see [`Resize`]; prepare a
+    /// [`Resize`] once to resize many maps without uploading its matrices each time).
     pub fn resize(&self, height: usize, width: usize) -> Result<Self, AttentionError> {
-        self.map_grids(|g| crate::upsample::resize_bicubic(g, height, width))
+        Resize::new(
+            (self.height(), self.width()),
+            (height, width),
+            &self.device(),
+        )?
+        .apply(self)
+    }
+
+    /// Renders batch item `index` as a heatmap over `source` (see [`heatmap`](crate::heatmap));
+    /// reads that item's scores back to the host.
+    pub fn heatmap(
+        &self,
+        index: usize,
+        source: &image::RgbImage,
+        opacity: f32,
+    ) -> Result<image::RgbImage, AttentionError> {
+        let values = self.item(index)?.to_vec()?;
+        crate::heatmap(&values, self.height(), self.width(), source, opacity)
     }
 }

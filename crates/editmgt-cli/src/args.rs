@@ -109,6 +109,10 @@ pub struct EditArgs {
     /// Write the localisation heatmap (mean over steps) over the source image to this PNG.
     #[arg(long)]
     pub heatmap: Option<PathBuf>,
+    /// Also write the final token grid as JSON (`{"height", "width", "tokens"}`), e.g. to
+    /// compare devices.
+    #[arg(long)]
+    pub tokens: Option<PathBuf>,
 }
 
 /// `editmgt generate`.

@@ -138,6 +138,16 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
         .image
         .save(&args.out)
         .map_err(|e| format!("cannot write `{}`: {e}", args.out.display()))?;
+    if let Some(path) = &args.tokens {
+        let (height, width) = output.grid;
+        let json = serde_json::json!({
+            "height": height,
+            "width": width,
+            "tokens": output.tokens,
+        });
+        std::fs::write(path, json.to_string())
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    }
     if let Some(path) = &args.heatmap {
         let mean = mean_map(&output.localisation).ok_or("no localisation maps were recorded")?;
         let heat = mean.heatmap(0, &image, 0.6)?;
@@ -150,12 +160,11 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
 /// The mean of the per-step maps.
 fn mean_map(maps: &[ScoreMap]) -> Option<ScoreMap> {
     let first = maps.first()?;
-    let mut sum = first.clone().into_array();
+    let mut sum = first.tensor().clone();
     for map in &maps[1..] {
-        sum += &map.view();
+        sum = sum + map.tensor().clone();
     }
-    sum /= maps.len() as f32;
-    Some(ScoreMap::new(sum))
+    Some(ScoreMap::new(sum / maps.len() as f32))
 }
 
 fn generate(args: GenerateArgs) -> Result<(), AnyError> {

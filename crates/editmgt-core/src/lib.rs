@@ -16,6 +16,8 @@
 //!   fault.
 
 pub mod config;
+pub mod limits;
+pub mod select;
 mod dtype;
 mod error;
 pub mod shapes;

@@ -66,7 +66,7 @@ fn values(t: Tensor<2>) -> Vec<f32> {
 
 #[test]
 fn loads_pytorch_layout_with_renames_and_dtypes() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = checkpoint();
     let x = Tensor::<2>::from_data(
@@ -118,7 +118,7 @@ fn loads_pytorch_layout_with_renames_and_dtypes() {
 
 #[test]
 fn loads_into_half_precision() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     write_safetensors(&path, &checkpoint(), Dtype::F32);
@@ -134,7 +134,7 @@ fn loads_into_half_precision() {
 
 #[test]
 fn parameter_table_uses_checkpoint_names_and_layout() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let model = net(&device);
     let table = parameter_table(&model, &keys());
     let mut listed: Vec<(String, Vec<usize>)> = table
@@ -156,7 +156,7 @@ fn parameter_table_uses_checkpoint_names_and_layout() {
 
 #[test]
 fn errors_name_the_tensor_and_file() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let dir = tempfile::tempdir().unwrap();
 
     // Missing tensor.
@@ -231,7 +231,7 @@ fn errors_name_the_tensor_and_file() {
 
 #[test]
 fn sharded_checkpoints_load_from_their_index() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = checkpoint();
     let (a, b) = ckpt.split_at(5);

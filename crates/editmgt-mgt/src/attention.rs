@@ -30,6 +30,9 @@ pub(crate) struct JointContext {
     cos: Tensor<4>,
     sin: Tensor<4>,
     bias: Option<Tensor<4>>,
+    /// The largest attention-score buffer, in bytes, that one attention call may need; longer
+    /// query sequences are attended in row blocks ([`editmgt_core::limits`]).
+    pub max_buffer_bytes: u64,
 }
 
 impl JointContext {
@@ -55,6 +58,7 @@ impl JointContext {
             cos,
             sin,
             bias,
+            max_buffer_bytes: editmgt_core::limits::max_buffer_bytes(device),
         }
     }
 
@@ -157,12 +161,49 @@ fn attend(
                 .map(|b| b.narrow(2, ctx.text_len, ctx.image_len)),
         ),
     };
+    (
+        attention_in_blocks(q, k, v, bias, ctx.max_buffer_bytes),
+        captured,
+    )
+}
+
+/// The fused attention, over blocks of query rows when the `[B, H, rows, S]` scores of all rows
+/// at once would exceed `max_buffer_bytes` (a backend without a fused kernel materialises them;
+/// GPU adapters cannot bind a buffer past their limit). Every query row attends to all keys
+/// either way, so the result is the same; on the CPU the bound is infinite and there is one call.
+fn attention_in_blocks(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    bias: Option<Tensor<4>>,
+    max_buffer_bytes: u64,
+) -> Tensor<4> {
     let options = AttentionModuleOptions {
         scale: None,
         softcap: None,
         is_causal: false,
     };
-    (attention(q, k, v, None, bias, options), captured)
+    let [b, h, rows, _] = q.dims();
+    let keys = k.dims()[2];
+    let block = editmgt_core::limits::rows_within(max_buffer_bytes, (b * h * keys * 4) as u64, rows);
+    if block >= rows {
+        return attention(q, k, v, None, bias, options);
+    }
+    let mut outputs = Vec::with_capacity(rows.div_ceil(block));
+    let mut start = 0;
+    while start < rows {
+        let len = block.min(rows - start);
+        outputs.push(attention(
+            q.clone().narrow(2, start, len),
+            k.clone(),
+            v.clone(),
+            None,
+            bias.clone().map(|b| b.narrow(2, start, len)),
+            options,
+        ));
+        start += len;
+    }
+    Tensor::cat(outputs, 2)
 }
 
 /// The attention of a double-stream block: image/reference projections (`to_q/k/v`, `norm_q/k`,

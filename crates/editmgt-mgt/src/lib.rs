@@ -84,5 +84,5 @@ pub use capture::{CaptureRequest, CapturedAttention};
 pub use config::{Connector, MgtConfig, TextEncoderArchitecture};
 pub use editmgt_core::FloatType;
 pub use error::MgtError;
-pub use model::{MgtInput, MgtOutput, MgtTransformer};
+pub use model::{MgtFeatures, MgtInput, MgtOutput, MgtTransformer};
 pub use rotary::{Positions, RotaryTable};

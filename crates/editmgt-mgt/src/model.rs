@@ -109,6 +109,15 @@ pub struct MgtOutput {
     pub captures: Vec<CapturedAttention>,
 }
 
+/// What [`MgtTransformer::forward_features`] returns.
+#[derive(Debug, Clone)]
+pub struct MgtFeatures {
+    /// The head's input, channels-last `[B, H', W', C]` in the model's float type.
+    pub features: Tensor<4>,
+    /// The requested maps, in the order of the request (duplicates removed).
+    pub captures: Vec<CapturedAttention>,
+}
+
 impl MgtOutput {
     /// The map captured at `block`, if it was requested.
     pub fn capture(&self, block: usize) -> Option<&Tensor<3>> {
@@ -280,6 +289,27 @@ impl MgtTransformer {
     /// length different from the positions, unknown capture blocks or rows) are reported as
     /// [`MgtError`] before anything is computed.
     pub fn forward(&self, input: MgtInput) -> Result<MgtOutput, MgtError> {
+        let features = self.forward_features(input)?;
+        Ok(MgtOutput {
+            logits: self.logits(features.features),
+            captures: features.captures,
+        })
+    }
+
+    /// The masked-token head ([`MlmLayer::forward`]) on features from
+    /// [`MgtTransformer::forward_features`]: channels-last `[B, H, W, C]` to float32 logits
+    /// `[B, codebook_size, H, W]`. Any subset of batch rows (or of grid rows) can be passed, so
+    /// a caller bounded in buffer size computes the logits a few rows at a time.
+    pub fn logits(&self, features: Tensor<4>) -> Tensor<4> {
+        self.mlm_layer.forward(features)
+    }
+
+    /// [`MgtTransformer::forward`] up to, not including, the masked-token head: the features
+    /// `[B, H, W, C]` the head reads, and the requested attention maps. The logits are
+    /// `codebook_size / C` times larger than the features (8 for the released model; 256 MiB in
+    /// `f32` for a guidance batch of one edit), so a caller that must bound its buffers takes
+    /// them from [`MgtTransformer::logits`] in parts.
+    pub fn forward_features(&self, input: MgtInput) -> Result<MgtFeatures, MgtError> {
         let shapes = self.check(&input)?;
         let MgtInput {
             tokens,
@@ -411,8 +441,6 @@ impl MgtTransformer {
             Some(upsample) => upsample.forward(x),
             None => x,
         };
-        let logits = self.mlm_layer.forward(x);
-
         let captures = capture
             .blocks
             .iter()
@@ -423,7 +451,10 @@ impl MgtTransformer {
                 })
             })
             .collect();
-        Ok(MgtOutput { logits, captures })
+        Ok(MgtFeatures {
+            features: x,
+            captures,
+        })
     }
 
     /// Token grid `[B', H, W]` to transformer tokens `[B', N, D]`.

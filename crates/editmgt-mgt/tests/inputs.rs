@@ -15,7 +15,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let case = Case::open("mgt");
     let model = tiny_model(&device);
     let inputs = Inputs::open(&case, &device);
@@ -44,29 +44,38 @@ impl Fixture {
 #[test]
 fn every_bad_input_is_a_typed_error() {
     let f = fixture();
-    let vocab = f.model.config().vocab_size;
+    let config = f.model.config();
+    let vocab = config.vocab_size;
+    // Every size below comes from the loaded model or the fixture's inputs.
+    let [batch, h, w] = f.inputs.tokens.dims();
+    let text_len = f.edit().encoder_hidden_states.dims()[1];
+    let joint = f.edit().encoder_hidden_states.dims()[2];
+    let pooled = f.edit().pooled.dims()[1];
+    let image_tokens = if config.downsample {
+        (h / 2) * (w / 2)
+    } else {
+        h * w
+    };
 
     // A reference grid of another size.
     let mut input = f.edit();
-    input.reference = Some(f.grid(2, 32, 64, 0));
+    input.reference = Some(f.grid(batch, h / 2, w, 0));
     assert!(matches!(
         f.model.forward(input),
-        Err(MgtError::GridMismatch {
-            tokens: [64, 64],
-            reference: [32, 64]
-        })
+        Err(MgtError::GridMismatch { tokens, reference })
+            if tokens == [h, w] && reference == [h / 2, w]
     ));
 
     // Token ids >= vocab_size (in the grid and in the reference), and negative ones.
     let mut input = f.edit();
-    input.tokens = f.grid(2, 64, 64, vocab as i64);
+    input.tokens = f.grid(batch, h, w, vocab as i64);
     assert!(matches!(
         f.model.forward(input),
         Err(MgtError::TokenOutOfRange { input: "tokens", id, vocab_size })
             if id == vocab as i64 && vocab_size == vocab
     ));
     let mut input = f.edit();
-    input.reference = Some(f.grid(2, 64, 64, vocab as i64 + 5));
+    input.reference = Some(f.grid(batch, h, w, vocab as i64 + 5));
     assert!(matches!(
         f.model.forward(input),
         Err(MgtError::TokenOutOfRange {
@@ -75,7 +84,7 @@ fn every_bad_input_is_a_typed_error() {
         })
     ));
     let mut input = f.edit();
-    input.tokens = f.grid(2, 64, 64, -1);
+    input.tokens = f.grid(batch, h, w, -1);
     assert!(matches!(
         f.model.forward(input),
         Err(MgtError::TokenOutOfRange { id: -1, .. })
@@ -83,30 +92,27 @@ fn every_bad_input_is_a_typed_error() {
 
     // Text length different from the positions.
     let mut input = f.edit();
-    let [_, h, w] = f.inputs.tokens.dims();
+    let other_len = text_len + 1;
     input.rotary = Some(
         f.model
-            .rotary_table(&f.model.positions(77, h, w), &f.device),
+            .rotary_table(&f.model.positions(other_len, h, w), &f.device),
     );
     assert!(matches!(
         f.model.forward(input),
-        Err(MgtError::TextLength {
-            positions: 77,
-            found: 256
-        })
+        Err(MgtError::TextLength { positions, found })
+            if positions == other_len && found == text_len
     ));
-    // Image positions of another grid.
+    // Image positions of another grid (a quarter of the image tokens).
     let mut input = f.edit();
+    let (qh, qw) = (h / 4, w / 4);
     input.rotary = Some(
         f.model
-            .rotary_table(&Positions::grid(256, 16, 16), &f.device),
+            .rotary_table(&Positions::grid(text_len, qh, qw), &f.device),
     );
     assert!(matches!(
         f.model.forward(input),
-        Err(MgtError::ImagePositions {
-            positions: 256,
-            tokens: 1024
-        })
+        Err(MgtError::ImagePositions { positions, tokens })
+            if positions == qh * qw && tokens == image_tokens
     ));
 
     // Capture of a block that does not exist, and of rows that do not exist.
@@ -114,29 +120,30 @@ fn every_bad_input_is_a_typed_error() {
     let input = f.edit().with_capture(CaptureRequest::blocks([0, blocks]));
     assert!(matches!(
         f.model.forward(input),
-        Err(MgtError::NoSuchBlock { block, blocks: b, double: 2 }) if block == blocks && b == blocks
+        Err(MgtError::NoSuchBlock { block, blocks: b, double })
+            if block == blocks && b == blocks && double == config.num_layers
     ));
     let input = f
         .edit()
-        .with_capture(CaptureRequest::blocks([3]).with_text_rows([256]));
+        .with_capture(CaptureRequest::blocks([0]).with_text_rows([text_len]));
     assert!(matches!(
         f.model.forward(input),
         Err(MgtError::CaptureRow {
             what: "text",
-            row: 256,
-            len: 256
-        })
+            row,
+            len
+        }) if row == text_len && len == text_len
     ));
     let input = f
         .edit()
-        .with_capture(CaptureRequest::blocks([3]).with_batch_rows([2]));
+        .with_capture(CaptureRequest::blocks([0]).with_batch_rows([batch]));
     assert!(matches!(
         f.model.forward(input),
         Err(MgtError::CaptureRow { what: "batch", .. })
     ));
     let input = f
         .edit()
-        .with_capture(CaptureRequest::blocks([3]).with_batch_rows([]));
+        .with_capture(CaptureRequest::blocks([0]).with_batch_rows([]));
     assert!(matches!(
         f.model.forward(input),
         Err(MgtError::CaptureRow { what: "batch", .. })
@@ -149,12 +156,12 @@ fn every_bad_input_is_a_typed_error() {
         f.model.forward(input),
         Err(MgtError::BatchMismatch {
             input: "encoder_hidden_states",
-            expected: 2,
+            expected,
             found: 1
-        })
+        }) if expected == batch
     ));
     let mut input = f.edit();
-    input.reference = Some(f.grid(1, 64, 64, 0));
+    input.reference = Some(f.grid(batch - 1, h, w, 0));
     assert!(matches!(
         f.model.forward(input),
         Err(MgtError::BatchMismatch {
@@ -174,17 +181,17 @@ fn every_bad_input_is_a_typed_error() {
 
     // Widths.
     let mut input = f.edit();
-    input.pooled = input.pooled.narrow(1, 0, 16);
+    input.pooled = input.pooled.narrow(1, 0, pooled / 2);
     assert!(matches!(
         f.model.forward(input),
         Err(MgtError::WidthMismatch {
             input: "pooled",
-            expected: 32,
-            found: 16
-        })
+            expected,
+            found
+        }) if expected == pooled && found == pooled / 2
     ));
     let mut input = f.edit();
-    input.encoder_hidden_states = input.encoder_hidden_states.narrow(2, 0, 40);
+    input.encoder_hidden_states = input.encoder_hidden_states.narrow(2, 0, joint - 1);
     assert!(matches!(
         f.model.forward(input),
         Err(MgtError::WidthMismatch {
@@ -195,12 +202,14 @@ fn every_bad_input_is_a_typed_error() {
 
     // Grids the model cannot halve; strengths and timesteps that are not numbers.
     let mut input = f.edit();
-    input.tokens = f.grid(2, 63, 64, 0);
-    input.reference = None;
-    assert!(matches!(
-        f.model.forward(input),
-        Err(MgtError::InvalidGrid { height: 63, .. })
-    ));
+    if config.downsample {
+        input.tokens = f.grid(batch, h - 1, w, 0);
+        input.reference = None;
+        assert!(matches!(
+            f.model.forward(input),
+            Err(MgtError::InvalidGrid { height, .. }) if height == h - 1
+        ));
+    }
     for strength in [0.0, -1.0, f32::NAN, f32::INFINITY] {
         let mut input = f.edit();
         input.reference_strength = strength;

@@ -23,7 +23,7 @@ fn real_shapes_match_the_release() {
         MgtConfig::from_json_value(shapes.config.clone(), Path::new("real-shapes/editmgt.json"))
             .expect("the released configuration is supported");
     assert_eq!(config.connector(), Connector::Linear);
-    let model = MgtTransformer::new(&config, &Device::flex()).expect("model");
+    let model = MgtTransformer::new(&config, &editmgt_testkit::device()).expect("model");
     let table = parameter_table(&model, &MgtTransformer::checkpoint_keys());
     let ours: BTreeMap<String, Vec<usize>> = table
         .iter()
@@ -91,7 +91,7 @@ fn meissonic_configuration_is_accepted() {
     let config = MgtConfig::from_json_value(json, Path::new("meissonic/config.json")).unwrap();
     assert_eq!(config.connector(), Connector::None);
     assert_eq!(config.text_encoder().text_length(), 77);
-    let model = MgtTransformer::new(&config, &Device::flex()).unwrap();
+    let model = MgtTransformer::new(&config, &editmgt_testkit::device()).unwrap();
     let table = parameter_table(&model, &MgtTransformer::checkpoint_keys());
     assert!(
         table
@@ -161,7 +161,7 @@ fn edit_logits(model: &MgtTransformer, device: &Device) -> Vec<f32> {
 /// models) and agree with the reference within half-precision tolerance.
 #[test]
 fn half_precision_weights_agree() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let case = Case::open("mgt");
     let expected = case.f32("edit_strength.logits").data;
     let tensors = tiny_tensors();
@@ -189,7 +189,7 @@ fn half_precision_weights_agree() {
 /// Sharded weights (`*.safetensors.index.json`) load to the same model.
 #[test]
 fn sharded_weights_load() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let tensors = tiny_tensors();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
@@ -232,7 +232,7 @@ fn sharded_weights_load() {
 /// A checkpoint that does not fit names the tensor at fault.
 #[test]
 fn mismatched_checkpoints_name_the_tensor() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let tensors = tiny_tensors();
 
     let bad = "transformer_blocks.1.attn.to_q.weight";

@@ -14,7 +14,7 @@ const TOL: f32 = 1e-4;
 /// strength is not left on the model.
 #[test]
 fn logits_and_captures_match_the_reference() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let case = Case::open("mgt");
     let model = tiny_model(&device);
     let inputs = Inputs::open(&case, &device);
@@ -43,7 +43,7 @@ fn logits_and_captures_match_the_reference() {
 /// The positions the model builds by itself are the reference pipeline's ids.
 #[test]
 fn standard_positions_are_the_reference_ids() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let case = Case::open("mgt");
     let model = tiny_model(&device);
     let inputs = Inputs::open(&case, &device);
@@ -70,7 +70,7 @@ fn standard_positions_are_the_reference_ids() {
 /// the reference's `edit` map of block 0 (computed at strength 1).
 #[test]
 fn double_block_capture_works_with_strength() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let case = Case::open("mgt");
     let model = tiny_model(&device);
     let inputs = Inputs::open(&case, &device);
@@ -104,7 +104,7 @@ fn double_block_capture_works_with_strength() {
 /// A subset of text rows and batch rows gives exactly those rows of the full maps.
 #[test]
 fn capture_subsets_select_rows() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let case = Case::open("mgt");
     let model = tiny_model(&device);
     let inputs = Inputs::open(&case, &device);

@@ -2,19 +2,20 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
-use editmgt_attention::{AdaptiveSmoothing, ScoreMap, local_scores};
+use std::cell::Cell;
+
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use editmgt_attention::{AdaptiveSmoothing, Localizer, ScoreMap, TextRows};
 use editmgt_core::FloatType;
 use editmgt_core::config::component_folder;
 use editmgt_mgt::{CaptureRequest, MgtInput, MgtTransformer};
 use editmgt_sampler::{
-    Logits, NoiseSource, RegionHold as HoldInput, Sampler, SchedulerConfig, SeededNoise, StepInput,
-    Temperature, Workspace,
+    Faults, NoiseSource, RegionHold as HoldInput, Sampler, SchedulerConfig, SeededNoise,
+    StartingRatio, StepInput, StepNoise, Temperature,
 };
 use editmgt_text::{TextEmbeddings, TextEncoder, TextTokenizers};
 use editmgt_vq::{VqModel, imaging};
 use image::{GrayImage, RgbImage};
-use ndarray::Array3;
 
 use crate::EditError;
 use crate::mask::mask_grid;
@@ -67,18 +68,75 @@ pub enum Flow {
 }
 
 /// What the progress callback sees after every step.
+///
+/// The tokens and scores stay on the device; [`StepEvent::tokens`] and [`StepEvent::scores`]
+/// read them back when called (and count the bytes in the edit's [`Readback`]), so a callback
+/// that only reports progress costs no transfer.
 #[derive(Debug)]
 pub struct StepEvent<'a> {
     /// Steps completed (1 after the first step).
     pub step: usize,
     /// Steps requested.
     pub total: usize,
+    tokens: &'a Tensor<2, Int>,
+    scores: Option<&'a ScoreMap>,
+    readback: &'a Cell<u64>,
+}
+
+impl StepEvent<'_> {
     /// The token grid of every batch item after this step (row-major, mask tokens where still
-    /// masked).
-    pub tokens: &'a [Vec<u32>],
+    /// masked), read back from the device.
+    pub fn tokens(&self) -> Result<Vec<Vec<u32>>, EditError> {
+        let [n, cells] = self.tokens.dims();
+        let flat = read_ints(self.tokens.clone().reshape([n * cells]), self.readback)?;
+        Ok(flat
+            .chunks_exact(cells.max(1))
+            .map(|row| row.iter().map(|&t| t as u32).collect())
+            .collect())
+    }
+
     /// The localisation scores of every batch item at this step, on the attention grid
-    /// (before upsampling), when region hold is on.
-    pub scores: &'a [Option<ScoreMap>],
+    /// (before upsampling), when region hold is on: read back, one row-major grid per item.
+    pub fn scores(&self) -> Result<Option<Vec<Vec<f32>>>, EditError> {
+        let Some(map) = self.scores else {
+            return Ok(None);
+        };
+        let values = map.to_vec()?;
+        self.readback
+            .set(self.readback.get() + 4 * values.len() as u64);
+        let per_item = map.height() * map.width();
+        Ok(Some(
+            values
+                .chunks_exact(per_item.max(1))
+                .map(<[f32]>::to_vec)
+                .collect(),
+        ))
+    }
+
+    /// The same scores as a device-resident [`ScoreMap`] `[B, h, w]`, without reading them
+    /// (what you read from it yourself is not counted).
+    pub fn score_map(&self) -> Option<&ScoreMap> {
+        self.scores
+    }
+}
+
+/// Bytes an edit read back from the device to the host, by purpose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readback {
+    /// Inside the sampling loop: only what a progress callback asked for ([`StepEvent`]).
+    pub in_loop: u64,
+    /// After the loop: the final tokens of every item, with the sampler's fault report
+    /// (three integers).
+    pub tokens: u64,
+    /// The decoded images (`f32` pixels).
+    pub images: u64,
+}
+
+impl Readback {
+    /// All bytes read back.
+    pub fn total(&self) -> u64 {
+        self.in_loop + self.tokens + self.images
+    }
 }
 
 /// Optional hooks into an edit: a progress callback (which can cancel) and replacement noise
@@ -117,9 +175,11 @@ pub struct EditOutput {
     pub tokens: Vec<u32>,
     /// The token grid's `(height, width)`.
     pub grid: (usize, usize),
-    /// The localisation map of every step on the attention grid, when
+    /// The localisation map of every step on the attention grid (batch 1, on the device), when
     /// [`EditRequest::record_localisation`] asked for it.
     pub localisation: Vec<ScoreMap>,
+    /// What the edit read back from the device (for a batch: the whole batch's).
+    pub readback: Readback,
 }
 
 /// The result of text-to-image generation.
@@ -131,6 +191,8 @@ pub struct GenerateOutput {
     pub tokens: Vec<u32>,
     /// The token grid's `(height, width)`.
     pub grid: (usize, usize),
+    /// What the generation read back from the device.
+    pub readback: Readback,
 }
 
 /// A loaded EditMGT model on one device.
@@ -176,10 +238,15 @@ struct Job<'r> {
     seed: u64,
 }
 
-/// What the loop returns per item.
+/// What the loop returns.
 struct Outcome {
-    tokens: Vec<u32>,
-    localisation: Vec<ScoreMap>,
+    /// The final tokens `[n, L]`, on the device.
+    tokens: Tensor<2, Int>,
+    /// The final tokens of each item, read back.
+    host_tokens: Vec<Vec<u32>>,
+    /// Per item, the recorded localisation maps.
+    localisation: Vec<Vec<ScoreMap>>,
+    readback: Readback,
 }
 
 impl Editor {
@@ -247,6 +314,22 @@ impl Editor {
     /// The transformer's number of blocks (double-stream then single-stream).
     pub fn num_blocks(&self) -> usize {
         self.mgt.num_blocks()
+    }
+
+    /// The codebook size of the transformer's predictions (token ids are below it).
+    pub fn codebook_size(&self) -> usize {
+        self.mgt.config().codebook_size
+    }
+
+    /// The grid `(height, width)` of the attention maps and localisation scores (the token grid,
+    /// halved when the transformer downsamples it).
+    pub fn attention_grid(&self) -> (usize, usize) {
+        let (h, w) = self.token_grid();
+        if self.mgt.config().downsample {
+            (h / 2, w / 2)
+        } else {
+            (h, w)
+        }
     }
 
     /// The token grid `(height, width)` of an edit.
@@ -330,13 +413,16 @@ impl Editor {
                 })
             })
             .collect::<Result<Vec<_>, EditError>>()?;
-        let outcomes = self.run(&jobs, &shared, hooks)?;
-        let images = self.decode(&outcomes)?;
-        Ok(outcomes
+        let mut outcome = self.run(&jobs, &shared, hooks)?;
+        let images = self.decode(&mut outcome)?;
+        let readback = outcome.readback;
+        Ok(outcome
+            .host_tokens
             .into_iter()
+            .zip(outcome.localisation)
             .zip(images)
             .zip(&jobs)
-            .map(|((outcome, image), job)| {
+            .map(|(((tokens, localisation), image), job)| {
                 let (w, h) = job
                     .source
                     .as_ref()
@@ -344,9 +430,10 @@ impl Editor {
                     .unwrap_or((resolution, resolution));
                 EditOutput {
                     image: imaging::resize(&image, w, h),
-                    tokens: outcome.tokens,
+                    tokens,
                     grid: self.token_grid(),
-                    localisation: outcome.localisation,
+                    localisation,
+                    readback,
                 }
             })
             .collect())
@@ -383,12 +470,13 @@ impl Editor {
             query: None,
             seed: request.seed,
         };
-        let mut outcomes = self.run(std::slice::from_ref(&job), &shared, hooks)?;
-        let image = self.decode(&outcomes)?.remove(0);
+        let mut outcome = self.run(std::slice::from_ref(&job), &shared, hooks)?;
+        let image = self.decode(&mut outcome)?.remove(0);
         Ok(GenerateOutput {
             image,
-            tokens: outcomes.remove(0).tokens,
+            tokens: outcome.host_tokens.remove(0),
             grid: self.token_grid(),
+            readback: outcome.readback,
         })
     }
 
@@ -485,19 +573,21 @@ impl Editor {
         })
     }
 
-    /// The sampling loop for a batch of jobs; returns the final tokens of each.
+    /// The sampling loop for a batch of jobs, on the device from the source tokens to the final
+    /// tokens; reads back only the final tokens (and what a progress callback asks for).
     fn run(
         &self,
         jobs: &[Job<'_>],
         shared: &Shared,
         hooks: Hooks<'_>,
-    ) -> Result<Vec<Outcome>, EditError> {
+    ) -> Result<Outcome, EditError> {
         let n = jobs.len();
         let (h, w) = self.token_grid();
         let cells = h * w;
-        let mask_id = self.scheduler.mask_token_id;
+        let mask_id = i64::from(self.scheduler.mask_token_id);
         let guided = shared.guidance > 1.0;
         let device = &self.device;
+        let loop_readback = Cell::new(0u64);
 
         // Query rows (in the Gemma tokenisation, where the attention rows come from).
         let rows: Vec<Option<Vec<usize>>> = jobs
@@ -527,52 +617,58 @@ impl Editor {
         let text = self.encode(&prompts)?;
         let rows_in_batch = prompts.len();
 
-        // Source tokens. In mask mode the masked cells start as mask tokens, and the
-        // transformer's reference input carries them too (the released pipeline uses one tensor
-        // for both); region hold restores the unmasked source tokens.
+        // Source tokens, on the device. In mask mode the masked cells start as mask tokens, and
+        // the transformer's reference input carries them too (the released pipeline uses one
+        // tensor for both); region hold restores the unmasked source tokens.
         let editing = jobs.iter().all(|j| j.source.is_some());
-        let mut sources: Vec<Vec<u32>> = Vec::new();
-        if editing {
+        let sources: Option<Tensor<2, Int>> = if editing {
             let images: Vec<&RgbImage> = jobs
                 .iter()
                 .filter_map(|j| j.source.as_ref().map(|s| &s.0))
                 .collect();
             let grid = self.vq.tokenize(imaging::to_tensor(&images, device)?)?;
-            let flat = read_i64(grid.reshape([n * cells]))?;
-            sources = flat
-                .chunks_exact(cells)
-                .map(|c| c.iter().map(|&t| t as u32).collect())
-                .collect();
-        }
-        let mut tokens: Vec<Vec<u32>> = Vec::with_capacity(n);
-        let mut references: Vec<Vec<u32>> = Vec::with_capacity(sources.len());
+            Some(grid.reshape([n, cells]))
+        } else {
+            None
+        };
+        // Per cell: masked at the start (every cell of an item without a mask), and repainted
+        // (masked cells of items with a mask).
+        let mut start_masked = vec![true; n * cells];
+        let mut repainted = vec![false; n * cells];
         let mut starting_ratio = vec![1f32; n];
+        let mut any_mask = false;
         for (k, job) in jobs.iter().enumerate() {
-            match (job.mask, sources.get(k)) {
-                (Some(mask), Some(source)) => {
-                    let grid = mask_grid(mask, h, w);
-                    let masked = grid.iter().filter(|&&m| m).count();
-                    starting_ratio[k] = masked as f32 / cells as f32;
-                    let start: Vec<u32> = source
-                        .iter()
-                        .zip(&grid)
-                        .map(|(&t, &m)| if m { mask_id } else { t })
-                        .collect();
-                    references.push(start.clone());
-                    tokens.push(start);
-                }
-                (None, Some(source)) => {
-                    references.push(source.clone());
-                    tokens.push(vec![mask_id; cells]);
-                }
-                _ => tokens.push(vec![mask_id; cells]),
+            if let (Some(mask), true) = (job.mask, editing) {
+                let grid = mask_grid(mask, h, w);
+                starting_ratio[k] = grid.iter().filter(|&&m| m).count() as f32 / cells as f32;
+                start_masked[k * cells..(k + 1) * cells].copy_from_slice(&grid);
+                repainted[k * cells..(k + 1) * cells].copy_from_slice(&grid);
+                any_mask = true;
             }
         }
+        let bools = |v: Vec<bool>| -> Tensor<2, Bool> {
+            Tensor::from_data(TensorData::new(v, [n, cells]), device)
+        };
+        let mut tokens = match &sources {
+            Some(sources) if any_mask => sources.clone().mask_fill(bools(start_masked), mask_id),
+            _ => Tensor::<2, Int>::full([n, cells], mask_id, device),
+        };
         // What the transformer attends to: the source, with the masked cells as mask tokens in
         // mask mode.
-        let model_reference = editing.then(|| grid_tensor(&references, guided, h, w, device));
+        let model_reference = sources.as_ref().map(|sources| {
+            let reference = if any_mask {
+                sources.clone().mask_fill(bools(repainted), mask_id)
+            } else {
+                sources.clone()
+            };
+            doubled(reference.reshape([n, h, w]), guided)
+        });
 
-        let sampler = Sampler::from_config(&self.scheduler, shared.steps, shared.temperature)?;
+        let buffer_elements = editmgt_core::limits::max_buffer_bytes(device) / 4;
+        let sampler = Sampler::from_config(&self.scheduler, shared.steps, shared.temperature)?
+            .with_block_elements(
+                buffer_elements.min(editmgt_sampler::DEFAULT_BLOCK_ELEMENTS as u64) as usize,
+            );
         let mut noise: Vec<Box<dyn NoiseSource + '_>> = match hooks.noise {
             Some(noise) if noise.len() == n => noise,
             Some(noise) => {
@@ -590,12 +686,10 @@ impl Editor {
         let mut progress = hooks.progress;
 
         // What the transformer needs every step.
-        let rotary = self.mgt.rotary_table(
-            &self
-                .mgt
-                .positions(text.encoder_hidden_states.dims()[1], h, w),
-            device,
-        );
+        let text_len = text.encoder_hidden_states.dims()[1];
+        let rotary = self
+            .mgt
+            .rotary_table(&self.mgt.positions(text_len, h, w), device);
         let res = self.options.resolution as f32;
         let micro_conds = Tensor::<2>::from_data(
             TensorData::new(
@@ -604,32 +698,53 @@ impl Editor {
             ),
             device,
         );
+        let union = union_rows(&rows);
         let capture = match &shared.hold {
             None => CaptureRequest::none(),
             Some((_, blocks)) => {
                 let first_cond = if guided { n } else { 0 };
                 let mut request = CaptureRequest::blocks(blocks.iter().copied())
                     .with_batch_rows(first_cond..first_cond + n);
-                if let Some(union) = union_rows(&rows) {
-                    request = request.with_text_rows(union);
+                if let Some(union) = &union {
+                    request = request.with_text_rows(union.iter().copied());
                 }
                 request
             }
         };
-        let attention_grid = if self.mgt.config().downsample {
-            (h / 2, w / 2)
-        } else {
-            (h, w)
+        let attention_grid = self.attention_grid();
+        // Localisation, prepared once: the text-row weights, smoothing and resize matrices.
+        let localizer = match &shared.hold {
+            None => None,
+            Some(_) => {
+                let captured_rows = union.as_ref().map_or(text_len, Vec::len);
+                let item_rows: Vec<Option<Vec<usize>>> = rows
+                    .iter()
+                    .map(|r| r.as_ref().map(|r| positions_in(r, union.as_deref())))
+                    .collect();
+                Some(Localizer::new(
+                    TextRows::per_item(&item_rows, captured_rows, device)?,
+                    attention_grid,
+                    (h, w),
+                    &AdaptiveSmoothing::default(),
+                    device,
+                )?)
+            }
         };
-        let smoothing = AdaptiveSmoothing::default();
-        let union = union_rows(&rows);
+        // Items per group of the head and sampler: the guided logits of a group, and each of
+        // its two halves, stay within the device's buffer bound.
+        let logit_bytes = (4 * self.codebook_size() * cells) as u64;
+        let group = editmgt_core::limits::rows_within(
+            editmgt_core::limits::max_buffer_bytes(device),
+            logit_bytes,
+            n,
+        );
 
-        let mut workspace = Workspace::default();
+        let mut faults: Option<Faults> = None;
         let mut localisation: Vec<Vec<ScoreMap>> = vec![Vec::new(); n];
         for step in 0..shared.steps {
             let timestep = sampler.schedule().timestep(step)?;
             let mut input = MgtInput::new(
-                grid_tensor(&tokens, guided, h, w, device),
+                doubled(tokens.clone().reshape([n, h, w]), guided),
                 text.encoder_hidden_states.clone(),
                 text.pooled.clone(),
                 micro_conds.clone(),
@@ -640,69 +755,78 @@ impl Editor {
             if let (Some(reference), Some(strength)) = (&model_reference, shared.strength) {
                 input = input.with_reference(reference.clone(), strength);
             }
-            let output = self.mgt.forward(input)?;
-            let logits = if guided {
-                let [b, c, lh, lw] = output.logits.dims();
-                let uncond = output.logits.clone().slice(0..b / 2);
-                let cond = output.logits.slice(b / 2..b);
-                debug_assert_eq!([b / 2, c, lh, lw], uncond.dims());
-                uncond.clone() + (cond - uncond) * shared.guidance
-            } else {
-                output.logits
-            };
-            let [_, codebook, _, _] = logits.dims();
-            let logits = read_f32(logits)?;
+            let output = self.mgt.forward_features(input)?;
 
-            // Localisation scores per item, from the conditional rows' captured maps.
-            let mut scores: Vec<Option<ScoreMap>> = vec![None; n];
-            if shared.hold.is_some() {
-                let maps: Vec<Array3<f32>> = output
-                    .captures
-                    .iter()
-                    .map(|c| to_array3(c.text_to_image.clone()))
-                    .collect::<Result<_, _>>()?;
-                for (k, score) in scores.iter_mut().enumerate() {
-                    let views: Vec<_> = maps
+            // Localisation scores of the conditional rows' captured maps.
+            let located = match &localizer {
+                Some(localizer) => {
+                    let maps: Vec<Tensor<3>> = output
+                        .captures
                         .iter()
-                        .map(|m| m.slice(ndarray::s![k..k + 1, .., ..]))
+                        .map(|c| c.text_to_image.clone())
                         .collect();
-                    let item_rows = rows[k].as_ref().map(|r| positions_in(r, union.as_deref()));
-                    *score = Some(local_scores(
-                        &views,
-                        item_rows.as_deref(),
-                        attention_grid.0,
-                        attention_grid.1,
-                        &smoothing,
-                    )?);
+                    Some(localizer.locate(&maps)?)
                 }
-            }
+                None => None,
+            };
 
-            for k in 0..n {
-                let item_logits = &logits[k * codebook * cells..(k + 1) * codebook * cells];
+            // Head, guidance and sampler over groups of items whose logits fit one buffer of
+            // the device (all items at once on the CPU).
+            let last = sampler.schedule().is_last(step);
+            let mut next = Vec::with_capacity(n.div_ceil(group));
+            let mut start = 0;
+            while start < n {
+                let end = (start + group).min(n);
+                let items = start..end;
+                let features = |offset: usize| {
+                    output
+                        .features
+                        .clone()
+                        .slice(offset + items.start..offset + items.end)
+                };
+                let logits = if guided {
+                    let uncond = self.mgt.logits(features(0));
+                    let cond = self.mgt.logits(features(n));
+                    editmgt_sampler::guide(uncond, cond, shared.guidance)?
+                } else {
+                    self.mgt.logits(features(0))
+                };
+                let step_noise =
+                    StepNoise::draw_rows(&mut noise[items.clone()], cells, last, device)
+                        .map_err(editmgt_sampler::SamplerError::from)?;
                 let mut input = StepInput::new(
                     step,
-                    Logits::new(item_logits, 1, codebook, h, w)?,
-                    &tokens[k],
+                    logits,
+                    tokens.clone().slice(items.clone()),
+                    step_noise,
                 );
-                input.starting_mask_ratio = starting_ratio[k];
-                if let (Some((threshold, _)), Some(score), Some(reference)) =
-                    (&shared.hold, &scores[k], sources.get(k))
+                input.starting_mask_ratio =
+                    StartingRatio::PerRow(starting_ratio[items.clone()].to_vec());
+                if let (Some((threshold, _)), Some(located), Some(reference)) =
+                    (&shared.hold, &located, &sources)
                     && *threshold > 0.0
                 {
                     input.region_hold = Some(HoldInput {
                         threshold: *threshold,
-                        scores: score.as_slice(),
-                        score_height: score.height(),
-                        score_width: score.width(),
-                        reference,
+                        scores: located.on_tokens.clone().slice(items.clone()),
+                        reference: reference.clone().slice(items.clone()),
                     });
                 }
-                let out = sampler.step(&input, &mut noise[k], &mut workspace)?;
-                tokens[k] = out.prev_sample;
+                let out = sampler.step(input)?;
+                next.push(out.prev_sample);
+                faults = Some(match faults {
+                    Some(earlier) => earlier.merge(out.faults),
+                    None => out.faults,
+                });
+                start = end;
             }
-            if shared.record {
-                for (record, score) in localisation.iter_mut().zip(&scores) {
-                    record.extend(score.clone());
+            tokens = Tensor::cat(next, 0);
+            let scores = located.map(|l| l.scores);
+            if shared.record
+                && let Some(scores) = &scores
+            {
+                for (k, record) in localisation.iter_mut().enumerate() {
+                    record.push(scores.item(k)?);
                 }
             }
             if let Some(callback) = progress.as_mut() {
@@ -710,7 +834,8 @@ impl Editor {
                     step: step + 1,
                     total: shared.steps,
                     tokens: &tokens,
-                    scores: &scores,
+                    scores: scores.as_ref(),
+                    readback: &loop_readback,
                 };
                 if callback(&event) == Flow::Cancel {
                     return Err(EditError::Cancelled {
@@ -720,30 +845,47 @@ impl Editor {
                 }
             }
         }
-        Ok(tokens
-            .into_iter()
-            .zip(localisation)
-            .map(|(tokens, localisation)| Outcome {
-                tokens,
-                localisation,
-            })
-            .collect())
+
+        // One read after the loop: the final tokens with the sampler's fault report.
+        let tokens_read = Cell::new(0u64);
+        let mut flat = vec![tokens.clone().reshape([n * cells])];
+        if let Some(faults) = &faults {
+            flat.push(faults.tensor().clone());
+        }
+        let values = read_ints(Tensor::cat(flat, 0), &tokens_read)?;
+        let (grid_values, fault_values) = values.split_at(n * cells);
+        if !fault_values.is_empty() {
+            Faults::from_values(fault_values, cells, self.mgt.config().codebook_size)?;
+        }
+        let host_tokens = grid_values
+            .chunks_exact(cells)
+            .map(|row| row.iter().map(|&t| t as u32).collect())
+            .collect();
+        Ok(Outcome {
+            tokens,
+            host_tokens,
+            localisation,
+            readback: Readback {
+                in_loop: loop_readback.get(),
+                tokens: tokens_read.get(),
+                images: 0,
+            },
+        })
     }
 
-    /// Decodes final token grids to images at the model resolution; mask tokens left in a grid
-    /// decode as token 0, as in the reference.
-    fn decode(&self, outcomes: &[Outcome]) -> Result<Vec<RgbImage>, EditError> {
+    /// Decodes the final token grids to images at the model resolution, one item at a time;
+    /// mask tokens left in a grid decode as token 0, as in the reference.
+    fn decode(&self, outcome: &mut Outcome) -> Result<Vec<RgbImage>, EditError> {
         let (h, w) = self.token_grid();
-        let mask_id = self.scheduler.mask_token_id;
-        let mut images = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            let ids: Vec<i64> = outcome
-                .tokens
-                .iter()
-                .map(|&t| if t == mask_id { 0 } else { i64::from(t) })
-                .collect();
-            let grid = Tensor::<3, Int>::from_data(TensorData::new(ids, [1, h, w]), &self.device);
-            images.extend(imaging::from_tensor(self.vq.decode(grid)?)?);
+        let mask_id = i64::from(self.scheduler.mask_token_id);
+        let [n, _] = outcome.tokens.dims();
+        let mut images = Vec::with_capacity(n);
+        for k in 0..n {
+            let grid = outcome.tokens.clone().slice(k..k + 1).reshape([1, h, w]);
+            let grid = grid.clone().mask_fill(grid.equal_elem(mask_id), 0);
+            let pixels = self.vq.decode(grid)?;
+            outcome.readback.images += 4 * pixels.shape().num_elements() as u64;
+            images.extend(imaging::from_tensor(pixels)?);
         }
         Ok(images)
     }
@@ -791,22 +933,13 @@ fn vq_upcasts(model_dir: &Path) -> Result<bool, EditError> {
     Ok(config.force_upcast)
 }
 
-/// Token grids `[n, h, w]` as an Int tensor, twice over (`[2n, h, w]`) for the guidance batch.
-fn grid_tensor(
-    grids: &[Vec<u32>],
-    twice: bool,
-    h: usize,
-    w: usize,
-    device: &Device,
-) -> Tensor<3, Int> {
-    let copies = if twice { 2 } else { 1 };
-    let mut ids: Vec<i64> = Vec::with_capacity(copies * grids.len() * h * w);
-    for _ in 0..copies {
-        for grid in grids {
-            ids.extend(grid.iter().map(|&t| i64::from(t)));
-        }
+/// The token grids `[n, h, w]` twice over (`[2n, h, w]`) for the guidance batch.
+fn doubled(grid: Tensor<3, Int>, twice: bool) -> Tensor<3, Int> {
+    if twice {
+        Tensor::cat(vec![grid.clone(), grid], 0)
+    } else {
+        grid
     }
-    Tensor::from_data(TensorData::new(ids, [copies * grids.len(), h, w]), device)
 }
 
 /// The sorted union of the items' query rows, or `None` when some item uses all rows.
@@ -831,26 +964,13 @@ fn positions_in(rows: &[usize], union: Option<&[usize]>) -> Vec<usize> {
     }
 }
 
-fn read_f32<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>, EditError> {
-    tensor
-        .cast(DType::F32)
+/// Reads an Int tensor back as `i64`, adding the bytes transferred to `counter`.
+fn read_ints(tensor: Tensor<1, Int>, counter: &Cell<u64>) -> Result<Vec<i64>, EditError> {
+    let data = tensor
         .try_into_data()
-        .map_err(|e| EditError::Readback(format!("{e:?}")))?
-        .try_to_vec::<f32>()
-        .map_err(|e| EditError::Readback(format!("{e:?}")))
-}
-
-fn read_i64<const D: usize>(tensor: Tensor<D, Int>) -> Result<Vec<i64>, EditError> {
-    tensor
-        .try_into_data()
-        .map_err(|e| EditError::Readback(format!("{e:?}")))?
-        .convert::<i64>()
+        .map_err(|e| EditError::Readback(format!("{e:?}")))?;
+    counter.set(counter.get() + data.bytes.len() as u64);
+    data.convert::<i64>()
         .try_to_vec::<i64>()
         .map_err(|e| EditError::Readback(format!("{e:?}")))
-}
-
-fn to_array3(tensor: Tensor<3>) -> Result<Array3<f32>, EditError> {
-    let [a, b, c] = tensor.dims();
-    let data = read_f32(tensor)?;
-    Array3::from_shape_vec((a, b, c), data).map_err(|e| EditError::Readback(e.to_string()))
 }

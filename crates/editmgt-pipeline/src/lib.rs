@@ -16,7 +16,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! One edit (reference.md section 8, see `docs/architecture.md`): both prompts go through CLIP
+//! One edit (docs/model.md section 8, see `docs/architecture.md`): both prompts go through CLIP
 //! and Gemma-2 (`editmgt-text`); the source image becomes a 64x64 token grid (`editmgt-vq`);
 //! for every step the transformer (`editmgt-mgt`) predicts all tokens for the guidance batch
 //! `[negative, positive]` with the source tokens injected into its attention; the sampler
@@ -42,7 +42,8 @@ mod request;
 
 pub use device::DeviceSpec;
 pub use editor::{
-    EditOutput, Editor, EditorOptions, Flow, GenerateOutput, Hooks, StepEvent, TextEncoders,
+    EditOutput, Editor, EditorOptions, Flow, GenerateOutput, Hooks, Readback, StepEvent,
+    TextEncoders,
 };
 pub use error::EditError;
 pub use mask::mask_grid;

@@ -9,7 +9,7 @@ pub const DEFAULT_NEGATIVE_PROMPT: &str = "worst quality, low quality, low res, 
 ///
 /// The score of a token is the transformer's text-to-image attention, averaged over `blocks`,
 /// all heads and the text rows (only the rows of the `query` words, when given), rescaled to
-/// `[0, 1]` and smoothed (reference.md section 6).
+/// `[0, 1]` and smoothed (docs/model.md section 6).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegionHold {
     /// Tokens scoring below this (in `[0, 1]`) keep their source value; 0 turns holding off

@@ -2,21 +2,26 @@
 
 use std::sync::OnceLock;
 
-use burn::tensor::Device;
 use editmgt_core::LoadError;
 use editmgt_pipeline::{
     EditError, EditRequest, Editor, EditorOptions, Flow, GenerateRequest, Hooks, RegionHold,
     RgbImage, StepEvent,
 };
-use editmgt_testkit::{case_file, model_dir};
+use editmgt_testkit::{case_file, device, model_dir};
 use image::GrayImage;
 
 fn editor() -> &'static Editor {
     static EDITOR: OnceLock<Editor> = OnceLock::new();
     EDITOR.get_or_init(|| {
-        Editor::from_folder(model_dir(), &Device::flex(), EditorOptions::default())
+        Editor::from_folder(model_dir(), &device(), EditorOptions::default())
             .expect("the tiny fixture model loads")
     })
+}
+
+/// Two blocks of the loaded model to localise with (its middle and last block).
+fn hold_blocks() -> [usize; 2] {
+    let last = editor().num_blocks() - 1;
+    [last / 2, last]
 }
 
 fn source() -> RgbImage {
@@ -120,14 +125,16 @@ fn progress_reports_every_step_and_can_cancel() {
 fn localisation_maps_are_recorded_per_step() {
     let request = EditRequest::new("make the sky blue")
         .steps(2)
-        .region_hold(RegionHold::new(0.0).blocks([2, 4]).query("sky"))
+        .region_hold(RegionHold::new(0.0).blocks(hold_blocks()).query("sky"))
         .record_localisation(true);
     let out = editor().edit(&source(), &request).unwrap();
     assert_eq!(out.localisation.len(), 2);
+    let (h, w) = editor().attention_grid();
     for map in &out.localisation {
-        assert_eq!((map.batch(), map.height(), map.width()), (1, 32, 32));
-        let max = map.as_slice().iter().copied().fold(f32::MIN, f32::max);
-        let min = map.as_slice().iter().copied().fold(f32::MAX, f32::min);
+        assert_eq!((map.batch(), map.height(), map.width()), (1, h, w));
+        let values = map.to_vec().unwrap();
+        let max = values.iter().copied().fold(f32::MIN, f32::max);
+        let min = values.iter().copied().fold(f32::MAX, f32::min);
         assert!((0.0..=1.0).contains(&min) && max <= 1.0 && max > min);
     }
 }
@@ -145,23 +152,24 @@ fn bad_requests_are_typed_errors() {
         "reference_strength"
     );
     assert_eq!(
-        invalid_field(edit(base().region_hold(RegionHold::new(1.5).blocks([2])))),
+        invalid_field(edit(base().region_hold(RegionHold::new(1.5).blocks([0])))),
         "region_hold.threshold"
     );
     assert_eq!(
-        invalid_field(edit(base().region_hold(RegionHold::new(-0.1).blocks([2])))),
+        invalid_field(edit(base().region_hold(RegionHold::new(-0.1).blocks([0])))),
         "region_hold.threshold"
     );
-    // Block 5 does not exist in the 5-block tiny model.
-    let err = edit(base().region_hold(RegionHold::new(0.1).blocks([2, 5]))).unwrap_err();
-    assert!(err.to_string().contains("blocks 0..5"), "{err}");
+    // A block past the model's last.
+    let blocks = editor().num_blocks();
+    let err = edit(base().region_hold(RegionHold::new(0.1).blocks([0, blocks]))).unwrap_err();
+    assert!(err.to_string().contains(&format!("blocks 0..{blocks}")), "{err}");
     // The default blocks are for the released 42-block model.
     let err = edit(base().region_hold(RegionHold::new(0.1))).unwrap_err();
     assert!(err.to_string().contains("42-block"), "{err}");
     // Query words that are not in the instruction.
     assert_eq!(
         invalid_field(edit(
-            base().region_hold(RegionHold::new(0.1).blocks([2]).query("zebra"))
+            base().region_hold(RegionHold::new(0.1).blocks([0]).query("zebra"))
         )),
         "region_hold.query"
     );
@@ -184,7 +192,7 @@ fn bad_requests_are_typed_errors() {
 
 #[test]
 fn bad_models_and_images_are_typed_errors() {
-    let device = Device::flex();
+    let device = device();
     let tmp = tempfile::tempdir().unwrap();
     match Editor::from_folder(tmp.path().join("absent"), &device, EditorOptions::default()) {
         Err(EditError::Load(LoadError::MissingFolder { .. })) => {}
@@ -256,7 +264,7 @@ fn text_encoders_loaded_per_call_give_the_same_edit() {
         text_encoders: editmgt_pipeline::TextEncoders::LoadPerCall,
         ..EditorOptions::default()
     };
-    let lean = Editor::from_folder(model_dir(), &Device::flex(), options).unwrap();
+    let lean = Editor::from_folder(model_dir(), &device(), options).unwrap();
     let request = EditRequest::new("make it into Ghibli style")
         .steps(2)
         .seed(3);
@@ -277,7 +285,7 @@ fn half_precision_editors_run() {
             float,
             ..EditorOptions::default()
         };
-        let editor = Editor::from_folder(model_dir(), &Device::flex(), options).unwrap();
+        let editor = Editor::from_folder(model_dir(), &device(), options).unwrap();
         let small =
             image::imageops::resize(&source(), 64, 64, image::imageops::FilterType::Triangle);
         let out = editor
@@ -290,7 +298,9 @@ fn half_precision_editors_run() {
         let (h, w) = out.grid;
         assert_eq!(out.tokens.len(), h * w);
         assert!(
-            out.tokens.iter().all(|&t| t < 64),
+            out.tokens
+                .iter()
+                .all(|&t| (t as usize) < editor.codebook_size()),
             "{float}: tokens outside the codebook"
         );
     }
@@ -313,7 +323,7 @@ fn region_hold_in_mask_mode_restores_source_tokens() {
     let request = EditRequest::new("make it into Ghibli style")
         .steps(3)
         .mask(mask)
-        .region_hold(RegionHold::new(1.0).blocks([2, 4]));
+        .region_hold(RegionHold::new(1.0).blocks(hold_blocks()));
     let out = editor().edit(&image, &request).unwrap();
     let same = out
         .tokens
@@ -325,4 +335,37 @@ fn region_hold_in_mask_mode_restores_source_tokens() {
         same * 100 >= out.tokens.len() * 99,
         "only {same} tokens equal the source"
     );
+}
+
+#[test]
+fn an_edit_reads_back_only_its_final_tokens_and_image() {
+    let image = source();
+    let request = EditRequest::new("make the sky blue")
+        .steps(3)
+        .region_hold(RegionHold::new(0.3).blocks(hold_blocks()));
+    let out = editor().edit(&image, &request).unwrap();
+    let (h, w) = out.grid;
+    let resolution = editor().options().resolution as u64;
+    let r = out.readback;
+    println!("bytes read back by a 3-step region-hold edit: {r:?}");
+    // Nothing inside the loop: no logits, no scores, no tokens.
+    assert_eq!(r.in_loop, 0, "{r:?}");
+    // The final tokens (i32 or i64 ids) and three fault integers.
+    let ids = (h * w + 3) as u64;
+    assert!(r.tokens == 4 * ids || r.tokens == 8 * ids, "{r:?}");
+    // One f32 RGB image at the model resolution.
+    assert_eq!(r.images, 4 * 3 * resolution * resolution, "{r:?}");
+    // Logits alone would be codebook x H x W floats per step.
+    let logits = 4 * (editor().codebook_size() * h * w) as u64;
+    assert!(r.total() - r.images < logits, "{r:?}");
+
+    // A callback that reads the tokens is counted inside the loop.
+    let mut on_step = |event: &StepEvent<'_>| {
+        event.tokens().unwrap();
+        Flow::Continue
+    };
+    let out = editor()
+        .edit_with(&image, &request, Hooks::progress(&mut on_step))
+        .unwrap();
+    assert!(out.readback.in_loop >= 3 * (h * w) as u64 * 4, "{:?}", out.readback);
 }

@@ -1,6 +1,5 @@
 //! The typed error of this crate.
 
-use editmgt_attention::AttentionError;
 use editmgt_core::LoadError;
 
 /// Why the sampler refused its input. No function of this crate panics on bad input.
@@ -31,6 +30,16 @@ pub enum SamplerError {
         /// The length found.
         found: usize,
     },
+    /// A tensor does not have the shape the step's other inputs imply.
+    #[error("{what}: shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        /// Which input.
+        what: &'static str,
+        /// The shape required.
+        expected: Vec<usize>,
+        /// The shape found.
+        found: Vec<usize>,
+    },
     /// A dimension is zero where it must not be.
     #[error("{0} must not be zero")]
     ZeroDimension(&'static str),
@@ -44,21 +53,13 @@ pub enum SamplerError {
         /// What is allowed.
         reason: &'static str,
     },
-    /// The score grid cannot be brought onto the token grid.
-    #[error("score grid {score:?} does not fit the token grid {tokens:?}: it must not be finer")]
-    ScoreGrid {
-        /// The score grid `(height, width)`.
-        score: (usize, usize),
-        /// The token grid `(height, width)`.
-        tokens: (usize, usize),
-    },
     /// A reference token that must be looked up in the codebook is not a codebook index.
     #[error(
         "reference token {token} at batch {batch}, position {position} is not below the codebook size {codebook}"
     )]
     TokenOutOfRange {
         /// The token.
-        token: u32,
+        token: i64,
         /// The batch row.
         batch: usize,
         /// The position in the row.
@@ -74,12 +75,12 @@ pub enum SamplerError {
         /// The position in the row.
         position: usize,
     },
+    /// Reading the step's fault report back from the device failed.
+    #[error("reading the sampler's fault report back from the device failed: {0}")]
+    Readback(String),
     /// The noise source failed.
     #[error(transparent)]
     Noise(#[from] NoiseError),
-    /// Upsampling the scores failed.
-    #[error(transparent)]
-    Attention(#[from] AttentionError),
     /// Reading the scheduler configuration failed.
     #[error(transparent)]
     Config(#[from] LoadError),

@@ -1,63 +1,12 @@
 //! Portable elementary functions.
 //!
-//! The sampler must give the same edit for the same seed on every platform, but `f32::exp`,
-//! `f32::ln` and `f32::cos` call the platform's libm, whose last bit differs between systems.
+//! The sampler must give the same edit for the same seed on every platform, but `f32::ln` and
+//! `f32::cos` call the platform's libm, whose last bit differs between systems.
 //! These versions use only IEEE-754 additions, multiplications, divisions and bit manipulation
 //! (no fused multiply-add, no libm), so they return the same bits everywhere.
 //!
-//! - [`exp_f32`] is the hot path of the softmax (one call per codebook entry and position). It
-//!   is the classic Cody-Waite reduction with the degree-6 minimax polynomial of SLEEF's
-//!   `expf_u10`, the routine PyTorch's CPU softmax calls, evaluated without FMA: within 1 ulp of
-//!   the exact value, and written branch-free so the compiler vectorises it.
 //! - [`ln_f32`] and [`cos_f32`] are evaluated in `f64` by series and rounded once to `f32`, so
 //!   they are correctly rounded except in (astronomically rare) near-halfway cases.
-
-/// `e^x` in `f32`, within 1 ulp; 0 below -104, infinity above 104, NaN for NaN.
-#[inline(always)]
-pub fn exp_f32(x: f32) -> f32 {
-    const R_LN2: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in a high part with few mantissa bits (so `q * L2U` is exact) and the rest.
-    // (0.693145751953125 and 1.428606765330187e-6, written as bits to state them exactly).
-    const L2U: f32 = f32::from_bits(0x3f31_7200);
-    const L2L: f32 = f32::from_bits(0x35bf_be8e);
-    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer (ties to even) for
-    // |v| < 2^22.
-    const ROUND: f32 = 12_582_912.0;
-
-    let d = x.clamp(-104.0, 104.0); // NaN stays NaN
-    let shifted = d * R_LN2 + ROUND;
-    let qf = shifted - ROUND;
-    // The integer q sits in the low mantissa bits of `shifted` (a bit cast, not a saturating
-    // float-to-int conversion, so the loop vectorises). NaN gives garbage q, and NaN anyway.
-    let q = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let mut s = d - qf * L2U;
-    s -= qf * L2L;
-
-    let mut u = 0.000_198_527_62_f32;
-    u = u * s + 0.001_393_043_6;
-    u = u * s + 0.008_333_361;
-    u = u * s + 0.041_666_485;
-    u = u * s + 0.166_666_67;
-    u = u * s + 0.5;
-    u = 1.0 + (s * s * u + s);
-
-    // u * 2^q in two exact steps (each factor is a normal power of two for |q| <= 150).
-    let half = q >> 1;
-    let u = u * pow2i(half) * pow2i(q - half);
-    if x < -104.0 {
-        0.0
-    } else if x > 104.0 {
-        f32::INFINITY
-    } else {
-        u
-    }
-}
-
-/// `2^k` for `k` in `-126..=127`.
-#[inline(always)]
-fn pow2i(k: i32) -> f32 {
-    f32::from_bits((k.wrapping_add(127) as u32) << 23)
-}
 
 /// Natural logarithm of an `f32`, evaluated in `f64` and rounded once. `0 -> -inf`,
 /// negative or NaN -> NaN, `+inf -> +inf`.
@@ -136,26 +85,6 @@ mod tests {
 
     fn ulps(a: f32, b: f32) -> u32 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
-    }
-
-    #[test]
-    fn exp_is_within_one_ulp() {
-        let mut worst = 0;
-        let mut x = -103.9f32;
-        while x < 88.0 {
-            let exact = f64::from(x).exp() as f32;
-            let got = exp_f32(x);
-            if exact.is_normal() {
-                worst = worst.max(ulps(got, exact));
-            }
-            x += 0.000_731;
-        }
-        assert!(worst <= 1, "worst {worst} ulp");
-        assert_eq!(exp_f32(0.0), 1.0);
-        assert_eq!(exp_f32(-200.0), 0.0);
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert!(exp_f32(f32::NAN).is_nan());
-        assert_eq!(exp_f32(200.0), f32::INFINITY);
     }
 
     #[test]

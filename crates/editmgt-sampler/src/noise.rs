@@ -1,6 +1,6 @@
 //! Where the sampler's randomness comes from.
 //!
-//! # The noise contract (reference.md section 7)
+//! # The noise contract (docs/model.md section 7)
 //!
 //! Every random decision of a step is driven by uniforms in `[0, 1)` that the step asks its
 //! [`NoiseSource`] for, in this order:
@@ -14,7 +14,10 @@
 //! tokens. [`draws_per_step`] gives the count. A recording of the reference's uniforms replays
 //! through [`ReplayNoise`]; [`SeededNoise`] is the portable seeded default.
 
+use burn::tensor::{Device, Tensor, TensorData};
+
 use crate::NoiseError;
+use crate::math::ln_f32;
 
 /// A source of uniforms in `[0, 1)` for the sampler (see the module docs for the order in
 /// which a step draws them).
@@ -147,10 +150,82 @@ impl NoiseSource for ReplayNoise {
     }
 }
 
+/// One step's noise on the device: the sampling uniforms `[B, L]` and, except at the last
+/// step, the Gumbel noise `[B, L]` of the second set of uniforms.
+///
+/// The uniforms are drawn on the host from [`NoiseSource`]s, so a seed gives the same stream on
+/// every platform and backend, and the Gumbel transform is applied there with the portable
+/// [`ln_f32`]; both are uploaded together (`2 B L` floats, `B L` at the last step). This is the
+/// only data that goes to the device per step.
+#[derive(Debug, Clone)]
+pub struct StepNoise {
+    /// The sampling uniforms `[B, L]` in `[0, 1]`.
+    pub sampling: Tensor<2>,
+    /// The Gumbel noise `[B, L]` (`None` at the last step).
+    pub gumbel: Option<Tensor<2>>,
+}
+
+impl StepNoise {
+    /// Draws one step for `batch` rows of `positions` from one source, in contract order
+    /// (`B L` sampling uniforms, then `B L` Gumbel uniforms unless `last_step`).
+    pub fn draw<N: NoiseSource + ?Sized>(
+        source: &mut N,
+        batch: usize,
+        positions: usize,
+        last_step: bool,
+        device: &Device,
+    ) -> Result<Self, NoiseError> {
+        let mut values = vec![0f32; draws_per_step(batch, positions, last_step)];
+        source.fill_uniform(&mut values)?;
+        Ok(Self::upload(values, batch, positions, last_step, device))
+    }
+
+    /// Draws one step with one source per batch row: row `b` takes its `L` sampling uniforms,
+    /// then its `L` Gumbel uniforms, from `sources[b]` (so each row's stream equals a batch of
+    /// one drawn from that source: editing a batch gives the same result as editing its items
+    /// one by one).
+    pub fn draw_rows<N: NoiseSource + ?Sized>(
+        sources: &mut [Box<N>],
+        positions: usize,
+        last_step: bool,
+        device: &Device,
+    ) -> Result<Self, NoiseError> {
+        let batch = sources.len();
+        let n = batch * positions;
+        let mut values = vec![0f32; draws_per_step(batch, positions, last_step)];
+        for (b, source) in sources.iter_mut().enumerate() {
+            source.fill_uniform(&mut values[b * positions..(b + 1) * positions])?;
+            if !last_step {
+                source.fill_uniform(&mut values[n + b * positions..n + (b + 1) * positions])?;
+            }
+        }
+        Ok(Self::upload(values, batch, positions, last_step, device))
+    }
+
+    fn upload(
+        mut values: Vec<f32>,
+        batch: usize,
+        positions: usize,
+        last_step: bool,
+        device: &Device,
+    ) -> Self {
+        let n = batch * positions;
+        for u in &mut values[n..] {
+            *u = gumbel(*u);
+        }
+        let sets = if last_step { 1 } else { 2 };
+        let all = Tensor::<3>::from_data(TensorData::new(values, [sets, batch, positions]), device);
+        let row = |k: usize| all.clone().slice(k..k + 1).reshape([batch, positions]);
+        Self {
+            sampling: row(0),
+            gumbel: (!last_step).then(|| row(1)),
+        }
+    }
+}
+
 /// The Gumbel noise of a uniform, as the reference computes it in `f32`:
 /// `-ln(max(-ln(max(u, 1e-20)), 1e-20))` (with the portable [`ln_f32`](crate::math::ln_f32)).
 pub fn gumbel(u: f32) -> f32 {
-    use crate::math::ln_f32;
     -ln_f32((-ln_f32(u.max(1e-20))).max(1e-20))
 }
 

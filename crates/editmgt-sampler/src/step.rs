@@ -1,187 +1,182 @@
-//! One sampler step: softmax, sampling, region hold, confidence and re-masking
-//! (reference.md section 7).
+//! One sampler step on the device: softmax, sampling, region hold, confidence and re-masking
+//! (docs/model.md section 7).
 
-use std::cell::RefCell;
 use std::path::Path;
 
-use rayon::prelude::*;
+use burn::tensor::{Bool, DType, Int, Tensor};
+use editmgt_core::select::kth_smallest;
 
-use crate::math::{exp_f32, ln_f32};
-use crate::noise::{NoiseSource, gumbel};
+use crate::noise::StepNoise;
 use crate::schedule::check_starting_ratio;
 use crate::{SamplerError, Schedule, SchedulerConfig, Temperature};
-
-/// Positions processed together: the softmax and the sampling of a tile run as `TILE`
-/// independent lanes over the codebook, reading `TILE` consecutive positions of each codebook
-/// row of the channel-first logits (64 contiguous bytes, one cache line).
-pub const TILE: usize = 16;
 
 /// Smallest probability the confidence takes the logarithm of (the reference's clamp).
 pub const MIN_PROBABILITY: f32 = 1e-20;
 
-thread_local! {
-    /// Per-thread tile buffer (`codebook x TILE` values), reused across steps.
-    static TILE_BUFFER: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The transformer's logits for one step, `[B, codebook, H, W]` (channel-first, row-major),
-/// borrowed as they are: the sampler reads them in this layout, without a transpose copy.
-#[derive(Debug, Clone, Copy)]
-pub struct Logits<'a> {
-    data: &'a [f32],
-    batch: usize,
-    codebook: usize,
-    height: usize,
-    width: usize,
-}
-
-impl<'a> Logits<'a> {
-    /// Wraps `[batch, codebook, height, width]` logits; the length must match and no dimension
-    /// may be zero.
-    pub fn new(
-        data: &'a [f32],
-        batch: usize,
-        codebook: usize,
-        height: usize,
-        width: usize,
-    ) -> Result<Self, SamplerError> {
-        for (name, v) in [
-            ("batch", batch),
-            ("codebook", codebook),
-            ("height", height),
-            ("width", width),
-        ] {
-            if v == 0 {
-                return Err(SamplerError::ZeroDimension(name));
-            }
-        }
-        if codebook > u32::MAX as usize {
-            return Err(SamplerError::InvalidParameter {
-                name: "codebook",
-                value: codebook.to_string(),
-                reason: "token ids are u32",
-            });
-        }
-        let expected = batch * codebook * height * width;
-        if data.len() != expected {
-            return Err(SamplerError::LengthMismatch {
-                what: "logits [B, codebook, H, W]",
-                expected,
-                found: data.len(),
-            });
-        }
-        Ok(Self {
-            data,
-            batch,
-            codebook,
-            height,
-            width,
-        })
-    }
-
-    /// The batch size `B`.
-    pub fn batch(&self) -> usize {
-        self.batch
-    }
-
-    /// The codebook size.
-    pub fn codebook(&self) -> usize {
-        self.codebook
-    }
-
-    /// The token grid height `H`.
-    pub fn height(&self) -> usize {
-        self.height
-    }
-
-    /// The token grid width `W`.
-    pub fn width(&self) -> usize {
-        self.width
-    }
-
-    /// Positions per batch row, `L = H * W`.
-    pub fn positions(&self) -> usize {
-        self.height * self.width
-    }
-
-    /// The raw values.
-    pub fn data(&self) -> &'a [f32] {
-        self.data
-    }
-}
+/// Default bound on the elements of one block of the softmax and sampling (`B x codebook x
+/// positions`): 2^24 floats, 64 MiB, below the 128 MiB storage-buffer binding limit of many GPU
+/// adapters. See [`Sampler::with_block_elements`].
+pub const DEFAULT_BLOCK_ELEMENTS: usize = 1 << 24;
 
 /// Region hold: keep a masked token equal to the source where the localisation score is low.
 ///
 /// At a masked position whose score is below `threshold`, the prediction is replaced by the
 /// reference (source) token. `threshold == 0` turns the hold off (the reference's `lambda > 0`
 /// condition); it must be in `[0, 1]`.
-#[derive(Debug, Clone, Copy)]
-pub struct RegionHold<'a> {
+#[derive(Debug, Clone)]
+pub struct RegionHold {
     /// The threshold `lambda` in `[0, 1]`.
     pub threshold: f32,
-    /// Localisation scores `[B, score_height * score_width]`, e.g. from
-    /// `editmgt_attention::local_scores`. When the score grid is coarser than the token grid
-    /// they are upsampled to it bicubically (`editmgt_attention::resize_bicubic`; the reference
-    /// only does so for exactly 4096 tokens from 32x32); a finer grid is an error.
-    pub scores: &'a [f32],
-    /// The score grid height.
-    pub score_height: usize,
-    /// The score grid width.
-    pub score_width: usize,
-    /// The source tokens `[B, H * W]`. At held positions they must be codebook indices (in
-    /// mask mode pass the source tokens, not the masked start tokens).
-    pub reference: &'a [u32],
+    /// Localisation scores on the token grid, `[B, H * W]` (for example
+    /// `editmgt_attention::Localization::on_tokens`, which resizes the attention grid's scores
+    /// bicubically as the reference does).
+    pub scores: Tensor<2>,
+    /// The source tokens `[B, H * W]`. At held positions they must be codebook indices (in mask
+    /// mode pass the source tokens, not the masked start tokens); one that is not is reported by
+    /// [`Faults::check`].
+    pub reference: Tensor<2, Int>,
 }
 
-/// Everything one step reads.
-#[derive(Debug, Clone, Copy)]
-pub struct StepInput<'a> {
+/// The starting mask ratio of each batch row (see [`StepInput::starting_mask_ratio`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StartingRatio {
+    /// The same ratio for every row (1 when starting from all mask tokens).
+    All(f32),
+    /// One ratio per batch row (mask mode with masks that differ between rows).
+    PerRow(Vec<f32>),
+}
+
+impl Default for StartingRatio {
+    fn default() -> Self {
+        Self::All(1.0)
+    }
+}
+
+/// Everything one step reads, all of it on one device.
+#[derive(Debug, Clone)]
+pub struct StepInput {
     /// The step index `i` in `0..T` (the loop counter; the timestep is `T - 1 - i`).
     pub step_index: usize,
-    /// The (guided) logits.
-    pub logits: Logits<'a>,
+    /// The (guided) logits `[B, codebook, H, W]`, as the transformer returns them (a half
+    /// precision tensor is computed in `f32`).
+    pub logits: Tensor<4>,
     /// The current tokens `[B, H * W]` (mask token where still unknown).
-    pub sample: &'a [u32],
+    pub sample: Tensor<2, Int>,
+    /// This step's noise, drawn by the [noise contract](crate::noise) ([`StepNoise::draw`]).
+    pub noise: StepNoise,
     /// `1` when starting from all mask tokens; in mask mode the masked fraction of the start
-    /// tokens (`masked / (B * H * W)` in `f32`, as the reference computes it). In `[0, 1]`.
-    pub starting_mask_ratio: f32,
+    /// tokens (`masked / (H * W)` in `f32`, as the reference computes it). In `[0, 1]`.
+    pub starting_mask_ratio: StartingRatio,
     /// Region hold, if enabled.
-    pub region_hold: Option<RegionHold<'a>>,
+    pub region_hold: Option<RegionHold>,
 }
 
-impl<'a> StepInput<'a> {
+impl StepInput {
     /// A step without region hold, starting ratio 1.
-    pub fn new(step_index: usize, logits: Logits<'a>, sample: &'a [u32]) -> Self {
+    pub fn new(
+        step_index: usize,
+        logits: Tensor<4>,
+        sample: Tensor<2, Int>,
+        noise: StepNoise,
+    ) -> Self {
         Self {
             step_index,
             logits,
             sample,
-            starting_mask_ratio: 1.0,
+            noise,
+            starting_mask_ratio: StartingRatio::default(),
             region_hold: None,
         }
     }
 }
 
-/// What a step returns (both `[B, H * W]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a step returns, on the input's device (tokens `[B, H * W]`).
+#[derive(Debug, Clone)]
 pub struct StepOutput {
     /// The tokens for the next step (the final tokens after the last step).
-    pub prev_sample: Vec<u32>,
+    pub prev_sample: Tensor<2, Int>,
     /// The full prediction of this step (every position decided).
-    pub pred_original_sample: Vec<u32>,
+    pub pred_original_sample: Tensor<2, Int>,
+    /// Problems with the input found on the device (non-finite logits, reference tokens outside
+    /// the codebook), to [check](Faults::check) when convenient.
+    pub faults: Faults,
 }
 
-/// Reusable buffers of [`Sampler::step`], so that a loop of steps allocates only once.
-/// Create one per loop (or per thread) with [`Workspace::default`].
-#[derive(Debug, Default, Clone)]
-pub struct Workspace {
-    sampling: Vec<f32>,
-    gumbel: Vec<f32>,
-    scores: Vec<f32>,
-    hold: Vec<bool>,
-    selected: Vec<f32>,
-    confidence: Vec<f32>,
-    order: Vec<f32>,
+/// Input problems a step found on the device, kept there until [`Faults::check`] reads them:
+/// a loop can merge the faults of all its steps ([`Faults::merge`]) and read them once at the
+/// end, with no device-to-host transfer per step.
+#[derive(Debug, Clone)]
+pub struct Faults {
+    /// `[flat index + 1 of a position with non-finite logits (0: none), flat index + 1 of a held
+    /// position whose reference token is not a codebook index (0: none), that token]`.
+    values: Tensor<1, Int>,
+    positions: usize,
+    codebook: usize,
+}
+
+impl Faults {
+    /// Merges the faults of a later step: the earlier step's fault wins.
+    pub fn merge(self, later: Faults) -> Faults {
+        let keep = self.values.clone().greater_elem(0);
+        // The token entry follows its position entry.
+        let keep = Tensor::cat(vec![keep.clone().slice(0..2), keep.slice(1..2)], 0);
+        Faults {
+            values: later.values.mask_where(keep, self.values),
+            ..self
+        }
+    }
+
+    /// The raw `[3]` fault tensor (see the field docs of [`Faults`]), for callers that read it
+    /// back together with other data; [`Faults::from_values`] interprets it.
+    pub fn tensor(&self) -> &Tensor<1, Int> {
+        &self.values
+    }
+
+    /// Reads the faults back (three integers) and turns the first into an error.
+    pub fn check(self) -> Result<(), SamplerError> {
+        let (positions, codebook) = (self.positions, self.codebook);
+        let values = self
+            .values
+            .try_into_data()
+            .map_err(|e| SamplerError::Readback(format!("{e:?}")))?
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .map_err(|e| SamplerError::Readback(format!("{e:?}")))?;
+        Self::from_values(&values, positions, codebook)
+    }
+
+    /// Interprets fault values read back from [`Faults::tensor`] for rows of `positions`
+    /// positions and a codebook of `codebook` entries.
+    pub fn from_values(
+        values: &[i64],
+        positions: usize,
+        codebook: usize,
+    ) -> Result<(), SamplerError> {
+        let at = |flat: i64| {
+            let flat = (flat - 1) as usize;
+            (flat / positions.max(1), flat % positions.max(1))
+        };
+        match values {
+            [bad, _, _] if *bad > 0 => {
+                let (batch, position) = at(*bad);
+                Err(SamplerError::InvalidLogits { batch, position })
+            }
+            [_, bad, token] if *bad > 0 => {
+                let (batch, position) = at(*bad);
+                Err(SamplerError::TokenOutOfRange {
+                    token: *token,
+                    batch,
+                    position,
+                    codebook,
+                })
+            }
+            [_, _, _] => Ok(()),
+            other => Err(SamplerError::Readback(format!(
+                "expected 3 fault values, found {}",
+                other.len()
+            ))),
+        }
+    }
 }
 
 /// The region-hold MaskGIT sampler: a mask token id and a [`Schedule`].
@@ -189,6 +184,7 @@ pub struct Workspace {
 pub struct Sampler {
     mask_token_id: u32,
     schedule: Schedule,
+    block_elements: usize,
 }
 
 impl Sampler {
@@ -197,7 +193,17 @@ impl Sampler {
         Self {
             mask_token_id,
             schedule,
+            block_elements: DEFAULT_BLOCK_ELEMENTS,
         }
+    }
+
+    /// Bounds the elements (`B x codebook x positions`) of each block of positions that the
+    /// softmax and sampling process at once (default [`DEFAULT_BLOCK_ELEMENTS`]): a GPU whose
+    /// storage-buffer binding limit is `N` bytes needs at most `N / 4`. At least one position
+    /// is processed per block.
+    pub fn with_block_elements(mut self, elements: usize) -> Self {
+        self.block_elements = elements.max(1);
+        self
     }
 
     /// A sampler of `num_steps` steps for a scheduler configuration.
@@ -248,46 +254,25 @@ impl Sampler {
         masked as f32 / start_tokens.len() as f32
     }
 
-    /// Runs one step and returns new token vectors (see [`Sampler::step_into`]).
-    pub fn step<N: NoiseSource + ?Sized>(
-        &self,
-        input: &StepInput<'_>,
-        noise: &mut N,
-        workspace: &mut Workspace,
-    ) -> Result<StepOutput, SamplerError> {
-        let n = input.logits.batch() * input.logits.positions();
-        let mut prev_sample = vec![0; n];
-        let mut pred_original_sample = vec![0; n];
-        self.step_into(
-            input,
-            noise,
-            workspace,
-            &mut prev_sample,
-            &mut pred_original_sample,
-        )?;
-        Ok(StepOutput {
-            prev_sample,
-            pred_original_sample,
-        })
-    }
-
-    /// Runs step `input.step_index`, writing the next tokens to `prev_sample` and the full
-    /// prediction to `pred_original_sample` (both `[B, H * W]`).
+    /// Runs step `input.step_index` on the input's device.
     ///
     /// Per batch row, with `p = softmax(logits)` over the codebook (in `f32`, normalised by the
     /// reciprocal of the sum as PyTorch does) and `unknown = (sample == mask)`:
     ///
-    /// 1. at unknown positions the token is sampled from `p` (the first `k` with
-    ///    `cumsum(p)[k] > u * sum(p)`, sums in `f64`); known positions keep their token;
+    /// 1. at unknown positions the token is sampled from `p`: the first `k` with
+    ///    `cumsum(p)[k] > u * sum(p)` (the count of `k` with `cumsum(p)[k] <= u * sum(p)`, the
+    ///    cumulative sum in `f32` on the device, where the reference sums in `f64`: a rare
+    ///    near-tie can pick the neighbouring token); known positions keep their token;
     /// 2. region hold: where `unknown & (score < threshold)`, the reference token;
     /// 3. at the last step the prediction is returned as both outputs; otherwise
     ///    `n = max(1, min(count(unknown) - 1, floor(L * starting_ratio * mask_ratio)))`
     ///    positions (see below for `count(unknown) <= 1`) are masked again: those whose
     ///    confidence `ln(max(p[pred], 1e-20)) + temperature * gumbel` is strictly below the
-    ///    `n`-th smallest confidence (0-based) of the row.
+    ///    `n`-th smallest confidence (0-based) of the row, found on the device by bisection
+    ///    ([`editmgt_core::select::kth_smallest`]) rather than by sorting.
     ///
-    /// Noise is drawn from `noise` as the [noise contract](crate::noise) says. Positions are
-    /// processed in parallel (rayon); the result is bit-identical for any number of threads.
+    /// Nothing is read back: the outputs and the [`Faults`] stay on the device. The softmax and
+    /// sampling run over blocks of positions of at most the sampler's block size.
     ///
     /// Two deliberate differences from the reference, both outside its normal operating range:
     /// known positions get confidence `+inf` (the reference uses `ln(f32::MAX) + T g`, which a
@@ -296,361 +281,276 @@ impl Sampler {
     /// reference's `max(1, ...)` would keep its last masked token masked, or mask a known one
     /// when none is left). So: known tokens never change, the mask count never grows, and every
     /// step with a masked token unmasks at least one.
-    pub fn step_into<N: NoiseSource + ?Sized>(
-        &self,
-        input: &StepInput<'_>,
-        noise: &mut N,
-        workspace: &mut Workspace,
-        prev_sample: &mut [u32],
-        pred_original_sample: &mut [u32],
-    ) -> Result<(), SamplerError> {
-        let logits = input.logits;
-        let (batch, codebook, positions) = (logits.batch(), logits.codebook(), logits.positions());
-        let n = batch * positions;
-        let temperature = self.schedule.temperature(input.step_index)?;
-        check_starting_ratio(input.starting_mask_ratio)?;
-        for (what, len) in [
-            ("sample [B, H*W]", input.sample.len()),
-            ("prev_sample [B, H*W]", prev_sample.len()),
-            ("pred_original_sample [B, H*W]", pred_original_sample.len()),
+    pub fn step(&self, input: StepInput) -> Result<StepOutput, SamplerError> {
+        let [batch, codebook, height, width] = input.logits.dims();
+        for (name, v) in [
+            ("batch", batch),
+            ("codebook", codebook),
+            ("height", height),
+            ("width", width),
         ] {
-            if len != n {
-                return Err(SamplerError::LengthMismatch {
-                    what,
-                    expected: n,
-                    found: len,
-                });
+            if v == 0 {
+                return Err(SamplerError::ZeroDimension(name));
             }
         }
+        if codebook >= i32::MAX as usize {
+            return Err(SamplerError::InvalidParameter {
+                name: "codebook",
+                value: codebook.to_string(),
+                reason: "token ids must fit in 31 bits",
+            });
+        }
+        let positions = height * width;
+        let temperature = self.schedule.temperature(input.step_index)?;
+        let last = self.schedule.is_last(input.step_index);
+        let expected = [batch, positions];
+        check_dims("sample [B, H*W]", input.sample.dims(), expected)?;
+        check_dims(
+            "sampling noise [B, H*W]",
+            input.noise.sampling.dims(),
+            expected,
+        )?;
+        match (&input.noise.gumbel, last) {
+            (Some(g), false) => check_dims("Gumbel noise [B, H*W]", g.dims(), expected)?,
+            (None, false) => {
+                return Err(SamplerError::InvalidParameter {
+                    name: "noise",
+                    value: "no Gumbel noise".into(),
+                    reason: "every step but the last needs Gumbel noise",
+                });
+            }
+            _ => {}
+        }
+        let mask_lens = self.mask_lens(&input.starting_mask_ratio, batch, positions, input.step_index)?;
         let hold = match input.region_hold {
             Some(h) => {
-                check_region_hold(&h, &logits)?;
+                if !(0.0..=1.0).contains(&h.threshold) {
+                    return Err(SamplerError::InvalidParameter {
+                        name: "threshold",
+                        value: h.threshold.to_string(),
+                        reason: "must be in [0, 1]",
+                    });
+                }
+                check_dims("region-hold scores [B, H*W]", h.scores.dims(), expected)?;
+                check_dims("reference tokens [B, H*W]", h.reference.dims(), expected)?;
                 (h.threshold > 0.0).then_some(h)
             }
             None => None,
         };
-        let last = self.schedule.is_last(input.step_index);
 
-        let Workspace {
-            sampling,
-            gumbel: gumbel_uniforms,
-            scores,
-            hold: held,
-            selected,
-            confidence,
-            order,
-        } = workspace;
+        let device = input.logits.device();
+        let mask = i64::from(self.mask_token_id);
+        let sample = input.sample;
+        let unknown = sample.clone().equal_elem(mask);
+        let held = hold.as_ref().map(|h| {
+            unknown
+                .clone()
+                .bool_and(h.scores.clone().lower_elem(h.threshold))
+        });
 
-        // The noise, in contract order.
-        sampling.resize(n, 0.0);
-        noise.fill_uniform(sampling)?;
-        if !last {
-            gumbel_uniforms.resize(n, 0.0);
-            noise.fill_uniform(gumbel_uniforms)?;
-        }
-
-        // Region hold: which masked positions take the reference token.
-        held.clear();
-        held.resize(n, false);
-        if let Some(h) = &hold {
-            let token_scores: &[f32] =
-                if (h.score_height, h.score_width) == (logits.height(), logits.width()) {
-                    h.scores
-                } else {
-                    upsample_scores(h, &logits, scores)?;
-                    scores
-                };
-            for i in 0..n {
-                if input.sample[i] == self.mask_token_id && token_scores[i] < h.threshold {
-                    let token = h.reference[i];
-                    if token as usize >= codebook {
-                        return Err(SamplerError::TokenOutOfRange {
-                            token,
-                            batch: i / positions,
-                            position: i % positions,
-                            codebook,
-                        });
-                    }
-                    held[i] = true;
-                }
-            }
-        }
-
-        // Softmax, sampling and the selected probabilities, tile by tile in parallel.
-        selected.resize(n, 0.0);
-        let tiles = Tiles {
-            logits: logits.data(),
-            codebook,
-            positions,
-            sample: input.sample,
-            held,
-            reference: hold.map(|h| h.reference),
-            uniforms: sampling,
-            mask: self.mask_token_id,
+        // Softmax, sampling and the selected probabilities, block by block of positions.
+        let logits = input.logits.reshape([batch, codebook, positions]);
+        let logits = if logits.dtype() == DType::F32 {
+            logits
+        } else {
+            logits.cast(DType::F32)
         };
-        pred_original_sample
-            .par_chunks_mut(positions)
-            .zip(selected.par_chunks_mut(positions))
-            .enumerate()
-            .try_for_each(|(row, (pred_row, q_row))| {
-                pred_row
-                    .par_chunks_mut(TILE)
-                    .zip(q_row.par_chunks_mut(TILE))
-                    .enumerate()
-                    .try_for_each(|(t, (pred, q))| tiles.run(row, t * TILE, pred, q))
-            })?;
+        let span = (self.block_elements / (batch * codebook)).clamp(1, positions);
+        let mut preds = Vec::new();
+        let mut probs = Vec::new();
+        let mut bads = Vec::new();
+        let mut start = 0;
+        while start < positions {
+            let end = (start + span).min(positions);
+            let r = start..end;
+            let block = Block {
+                logits: logits.clone().slice([0..batch, 0..codebook, r.clone()]),
+                uniforms: input.noise.sampling.clone().slice([0..batch, r.clone()]),
+                sample: sample.clone().slice([0..batch, r.clone()]),
+                unknown: unknown.clone().slice([0..batch, r.clone()]),
+                held: held.as_ref().map(|h| h.clone().slice([0..batch, r.clone()])),
+                reference: hold
+                    .as_ref()
+                    .map(|h| h.reference.clone().slice([0..batch, r.clone()])),
+            };
+            let (pred, q, bad) = block.run(codebook);
+            preds.push(pred);
+            probs.push(q);
+            bads.push(bad);
+            start = end;
+        }
+        let pred = Tensor::cat(preds, 1);
+        let q = Tensor::cat(probs, 1);
+        let bad = Tensor::cat(bads, 1);
+
+        let invalid_logits = first_position(bad, None).slice(0..1);
+        let bad_reference = match (&held, &hold) {
+            (Some(held), Some(h)) => {
+                let out = h
+                    .reference
+                    .clone()
+                    .lower_elem(0)
+                    .bool_or(h.reference.clone().greater_equal_elem(codebook as i64))
+                    .bool_and(held.clone());
+                first_position(out, Some(h.reference.clone()))
+            }
+            _ => Tensor::<1, Int>::zeros([2], &device),
+        };
+        let faults = Faults {
+            values: Tensor::cat(vec![invalid_logits, bad_reference], 0),
+            positions,
+            codebook,
+        };
 
         if last {
-            prev_sample.copy_from_slice(pred_original_sample);
-            return Ok(());
-        }
-
-        // Confidence and re-masking, row by row.
-        let mask_len =
-            self.schedule
-                .mask_len(positions, input.step_index, input.starting_mask_ratio)?;
-        confidence.resize(n, 0.0);
-        let mask = self.mask_token_id;
-        confidence
-            .par_chunks_mut(TILE * 64)
-            .zip(input.sample.par_chunks(TILE * 64))
-            .zip(selected.par_chunks(TILE * 64))
-            .zip(gumbel_uniforms.par_chunks(TILE * 64))
-            .for_each(|(((conf, sample), q), u)| {
-                for (((c, &s), &q), &u) in conf.iter_mut().zip(sample).zip(q).zip(u) {
-                    *c = if s == mask {
-                        ln_f32(q.max(MIN_PROBABILITY)) + temperature * gumbel(u)
-                    } else {
-                        f32::INFINITY
-                    };
-                }
+            return Ok(StepOutput {
+                prev_sample: pred.clone(),
+                pred_original_sample: pred,
+                faults,
             });
-        for row in 0..batch {
-            let range = row * positions..(row + 1) * positions;
-            let unknown = input.sample[range.clone()]
-                .iter()
-                .filter(|&&t| t == mask)
-                .count();
-            let remask = if unknown <= 1 {
-                0
-            } else {
-                mask_len.max(1).min(unknown - 1)
-            };
-            let pred = &pred_original_sample[range.clone()];
-            let prev = &mut prev_sample[range.clone()];
-            if remask == 0 {
-                prev.copy_from_slice(pred);
-                continue;
-            }
-            let conf = &confidence[range];
-            order.clear();
-            order.extend_from_slice(conf);
-            let (_, &mut cutoff, _) = order.select_nth_unstable_by(remask, f32::total_cmp);
-            for ((p, &token), &c) in prev.iter_mut().zip(pred).zip(conf) {
-                *p = if c < cutoff { mask } else { token };
-            }
         }
-        Ok(())
-    }
-}
 
-fn check_region_hold(h: &RegionHold<'_>, logits: &Logits<'_>) -> Result<(), SamplerError> {
-    if !(0.0..=1.0).contains(&h.threshold) {
-        return Err(SamplerError::InvalidParameter {
-            name: "threshold",
-            value: h.threshold.to_string(),
-            reason: "must be in [0, 1]",
-        });
+        // Confidence and re-masking, on whole rows.
+        let gumbel = input.noise.gumbel.expect("checked above");
+        let confidence = (q.clamp_min(MIN_PROBABILITY).log() + gumbel * temperature)
+            .mask_fill(unknown.clone().bool_not(), f32::INFINITY);
+        let unknown_count = unknown.int().sum_dim(1); // [B, 1]
+        let mask_lens = match mask_lens {
+            MaskLens::All(n) => Tensor::<2, Int>::full([batch, 1], n.max(1) as i64, &device),
+            MaskLens::PerRow(ns) => Tensor::<2, Int>::from_data(
+                burn::tensor::TensorData::new(
+                    ns.iter().map(|&n| n.max(1) as i64).collect::<Vec<_>>(),
+                    [batch, 1],
+                ),
+                &device,
+            ),
+        };
+        // max(1, min(unknown - 1, n)), and 0 when at most one position is masked.
+        let remask = (unknown_count - 1).min_pair(mask_lens).clamp_min(0);
+        let cutoff = kth_smallest(confidence.clone(), remask);
+        let again = confidence.lower(cutoff.expand([batch, positions]));
+        Ok(StepOutput {
+            prev_sample: pred.clone().mask_fill(again, mask),
+            pred_original_sample: pred,
+            faults,
+        })
     }
-    let n = logits.batch() * logits.positions();
-    if h.reference.len() != n {
-        return Err(SamplerError::LengthMismatch {
-            what: "reference tokens [B, H*W]",
-            expected: n,
-            found: h.reference.len(),
-        });
-    }
-    if h.score_height == 0 || h.score_width == 0 {
-        return Err(SamplerError::ZeroDimension("score grid"));
-    }
-    if h.score_height > logits.height() || h.score_width > logits.width() {
-        return Err(SamplerError::ScoreGrid {
-            score: (h.score_height, h.score_width),
-            tokens: (logits.height(), logits.width()),
-        });
-    }
-    let expected = logits.batch() * h.score_height * h.score_width;
-    if h.scores.len() != expected {
-        return Err(SamplerError::LengthMismatch {
-            what: "scores [B, score_height*score_width]",
-            expected,
-            found: h.scores.len(),
-        });
-    }
-    Ok(())
-}
 
-/// Bicubic upsampling of every batch item's scores onto the token grid, into `out`.
-fn upsample_scores(
-    h: &RegionHold<'_>,
-    logits: &Logits<'_>,
-    out: &mut Vec<f32>,
-) -> Result<(), SamplerError> {
-    out.clear();
-    let per_item = h.score_height * h.score_width;
-    for item in h.scores.chunks_exact(per_item) {
-        let grid = ndarray::ArrayView2::from_shape((h.score_height, h.score_width), item)
-            .expect("length checked");
-        let up = editmgt_attention::resize_bicubic(grid, logits.height(), logits.width())?;
-        out.extend(up.iter());
-    }
-    Ok(())
-}
-
-/// What every tile reads.
-struct Tiles<'a> {
-    logits: &'a [f32],
-    codebook: usize,
-    positions: usize,
-    sample: &'a [u32],
-    held: &'a [bool],
-    reference: Option<&'a [u32]>,
-    uniforms: &'a [f32],
-    mask: u32,
-}
-
-impl Tiles<'_> {
-    /// Softmax, sampling and selected probability of positions `j0 .. j0 + pred.len()` of batch
-    /// row `row`. Writes the prediction to `pred` and `p[pred]` to `q` (unused at known
-    /// positions).
-    fn run(
+    /// `floor(L * starting_ratio * mask_ratio)` of each row.
+    fn mask_lens(
         &self,
-        row: usize,
-        j0: usize,
-        pred: &mut [u32],
-        q: &mut [f32],
-    ) -> Result<(), SamplerError> {
-        let width = pred.len();
-        let first = row * self.positions + j0;
-        let mut unknown = [false; TILE];
-        let mut held = [false; TILE];
-        let mut any_unknown = false;
-        let mut any_sampled = false;
-        for k in 0..width {
-            let token = self.sample[first + k];
-            if token == self.mask {
-                unknown[k] = true;
-                any_unknown = true;
-                held[k] = self.held[first + k];
-                any_sampled |= !held[k];
-            } else {
-                pred[k] = token;
-                q[k] = f32::INFINITY;
+        ratio: &StartingRatio,
+        batch: usize,
+        positions: usize,
+        step_index: usize,
+    ) -> Result<MaskLens, SamplerError> {
+        Ok(match ratio {
+            StartingRatio::All(r) => {
+                MaskLens::All(self.schedule.mask_len(positions, step_index, *r)?)
             }
-        }
-        if !any_unknown {
-            return Ok(());
-        }
-        let codebook = self.codebook;
-        let row_logits =
-            &self.logits[row * codebook * self.positions..(row + 1) * codebook * self.positions];
-        TILE_BUFFER.with(|cell| {
-            let mut buffer = cell.borrow_mut();
-            if buffer.len() < codebook * TILE {
-                buffer.resize(codebook * TILE, 0.0);
-            }
-            let tile = &mut buffer[..codebook * TILE];
-
-            // Gather the tile (codebook rows of `TILE` positions) and its per-position maximum.
-            let mut max = [f32::NEG_INFINITY; TILE];
-            for (c, lanes) in tile.chunks_exact_mut(TILE).enumerate() {
-                let start = c * self.positions + j0;
-                let src = &row_logits[start..start + width];
-                if width == TILE {
-                    lanes.copy_from_slice(src);
-                } else {
-                    lanes[..width].copy_from_slice(src);
-                    lanes[width..].fill(0.0);
-                }
-                for k in 0..TILE {
-                    max[k] = max[k].max(lanes[k]);
-                }
-            }
-
-            // exp(x - max) and its sum.
-            let mut sum = [0f32; TILE];
-            for lanes in tile.chunks_exact_mut(TILE) {
-                for k in 0..TILE {
-                    let e = exp_f32(lanes[k] - max[k]);
-                    lanes[k] = e;
-                    sum[k] += e;
-                }
-            }
-            for k in 0..width {
-                if unknown[k] && !sum[k].is_finite() {
-                    return Err(SamplerError::InvalidLogits {
-                        batch: row,
-                        position: j0 + k,
+            StartingRatio::PerRow(rows) => {
+                if rows.len() != batch {
+                    return Err(SamplerError::LengthMismatch {
+                        what: "starting mask ratios (one per batch row)",
+                        expected: batch,
+                        found: rows.len(),
                     });
                 }
-            }
-            let inv = sum.map(|s| 1.0 / s);
-
-            // Probabilities (f32) and their f64 total.
-            let mut total = [0f64; TILE];
-            for lanes in tile.chunks_exact_mut(TILE) {
-                for k in 0..TILE {
-                    let p = lanes[k] * inv[k];
-                    lanes[k] = p;
-                    total[k] += f64::from(p);
+                for &r in rows {
+                    check_starting_ratio(r)?;
+                }
+                let lens = rows
+                    .iter()
+                    .map(|&r| self.schedule.mask_len(positions, step_index, r))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if lens.windows(2).all(|w| w[0] == w[1]) {
+                    MaskLens::All(lens[0])
+                } else {
+                    MaskLens::PerRow(lens)
                 }
             }
-
-            // Inverse-CDF sampling: the first k with cumsum(p)[k] > u * sum(p), i.e. the number
-            // of k with cumsum(p)[k] <= u * sum(p) (the cumulative sum never decreases).
-            if any_sampled {
-                let mut target = [-1f64; TILE];
-                for k in 0..width {
-                    if unknown[k] && !held[k] {
-                        target[k] = f64::from(self.uniforms[first + k]) * total[k];
-                    }
-                }
-                let mut cum = [0f64; TILE];
-                let mut count = [0u32; TILE];
-                for (c, lanes) in tile.chunks_exact(TILE).enumerate() {
-                    for k in 0..TILE {
-                        cum[k] += f64::from(lanes[k]);
-                        count[k] += u32::from(cum[k] <= target[k]);
-                    }
-                    if c % 64 == 63 && (0..TILE).all(|k| cum[k] > target[k]) {
-                        break;
-                    }
-                }
-                for k in 0..width {
-                    if unknown[k] && !held[k] {
-                        let mut index = count[k] as usize;
-                        if index >= codebook {
-                            // u * sum(p) reached the total (only for u = 1): the last token
-                            // with non-zero probability.
-                            index = (0..codebook)
-                                .rev()
-                                .find(|&c| tile[c * TILE + k] > 0.0)
-                                .unwrap_or(codebook - 1);
-                        }
-                        pred[k] = index as u32;
-                    }
-                }
-            }
-            for k in 0..width {
-                if unknown[k] {
-                    if held[k] {
-                        // Checked against the codebook size before the tiles run.
-                        pred[k] = self.reference.map_or(0, |r| r[first + k]);
-                    }
-                    q[k] = tile[pred[k] as usize * TILE + k];
-                }
-            }
-            Ok(())
         })
+    }
+}
+
+enum MaskLens {
+    All(usize),
+    PerRow(Vec<usize>),
+}
+
+fn check_dims(
+    what: &'static str,
+    found: [usize; 2],
+    expected: [usize; 2],
+) -> Result<(), SamplerError> {
+    if found != expected {
+        return Err(SamplerError::ShapeMismatch {
+            what,
+            expected: expected.to_vec(),
+            found: found.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// `[flat index + 1, value]` of a position where `mask` is true (`[0, 0]` when none), with the
+/// value taken from `values` (0 without).
+fn first_position(mask: Tensor<2, Bool>, values: Option<Tensor<2, Int>>) -> Tensor<1, Int> {
+    let [b, l] = mask.dims();
+    let flat = mask.reshape([b * l]);
+    let any = flat.clone().any().int(); // [1]
+    let index = flat.int().argmax(0); // [1]
+    let value = match values {
+        Some(v) => v.reshape([b * l]).gather(0, index.clone()) * any.clone(),
+        None => any.clone() * 0,
+    };
+    Tensor::cat(vec![(index + 1) * any, value], 0)
+}
+
+/// One block of positions of a step.
+struct Block {
+    logits: Tensor<3>,
+    uniforms: Tensor<2>,
+    sample: Tensor<2, Int>,
+    unknown: Tensor<2, Bool>,
+    held: Option<Tensor<2, Bool>>,
+    reference: Option<Tensor<2, Int>>,
+}
+
+impl Block {
+    /// The prediction `[B, n]`, its probability `[B, n]` and where the logits are not finite at
+    /// an unknown position `[B, n]`.
+    fn run(self, codebook: usize) -> (Tensor<2, Int>, Tensor<2>, Tensor<2, Bool>) {
+        let [b, c, n] = self.logits.dims();
+        let max = self.logits.clone().max_dim(1);
+        let exp = (self.logits - max).exp();
+        let sum = exp.clone().sum_dim(1); // [B, 1, n]
+        let p = exp * sum.clone().recip();
+        let cumulative = p.clone().cumsum(1);
+        let total = cumulative.clone().slice([0..b, c - 1..c, 0..n]);
+        let target = self.uniforms.unsqueeze_dim::<3>(1) * total.clone();
+        // The count of k with cumsum[k] <= u * total; `cumsum < total` keeps u = 1 on the last
+        // token of non-zero probability.
+        let below = cumulative
+            .clone()
+            .lower_equal(target.expand([b, c, n]))
+            .bool_and(cumulative.lower(total.expand([b, c, n])));
+        let sampled = below
+            .int()
+            .sum_dim(1)
+            .clamp_max(codebook as i64 - 1)
+            .reshape([b, n]);
+        let mut pred = self.sample.mask_where(self.unknown.clone(), sampled);
+        if let (Some(held), Some(reference)) = (self.held, self.reference) {
+            pred = pred.mask_where(held, reference);
+        }
+        let index = pred.clone().clamp(0, codebook as i64 - 1);
+        let q = p.gather(1, index.unsqueeze_dim::<3>(1)).reshape([b, n]);
+        let bad = sum
+            .reshape([b, n])
+            .is_finite()
+            .bool_not()
+            .bool_and(self.unknown);
+        (pred, q, bad)
     }
 }

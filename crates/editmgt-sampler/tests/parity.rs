@@ -1,23 +1,22 @@
 //! Parity with the reference scheduler step on `cases/sampler.safetensors`, replaying the
-//! recorded uniforms. Every case parameter comes from the fixture's `meta`.
+//! recorded uniforms, on the test device (`$EDITMGT_TEST_DEVICE`). Every case parameter comes
+//! from the fixture's `meta`.
 
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use editmgt_attention::ScoreMap;
 use editmgt_sampler::{
-    Logits, RegionHold, ReplayNoise, Sampler, SchedulerConfig, StepInput, StepOutput, Temperature,
-    Workspace,
+    RegionHold, ReplayNoise, Sampler, SchedulerConfig, StartingRatio, StepInput, StepNoise,
+    Temperature,
 };
-use editmgt_testkit::{Array, Case, model_dir};
+use editmgt_testkit::{Array, Case, device, model_dir};
 use serde_json::Value;
 
 /// Required share of identical tokens (fixtures README: ">= 99.9% of tokens identical").
 const REQUIRED: f64 = 0.999;
 
-fn tokens(a: Array<i64>) -> Vec<u32> {
+fn tokens(a: Array<i64>) -> Vec<i64> {
     a.data
-        .into_iter()
-        .map(|t| u32::try_from(t).expect("token ids are non-negative"))
-        .collect()
 }
-
 fn temperature(v: &Value) -> Temperature {
     match v {
         Value::Array(pair) if pair.len() == 2 => Temperature::Range(
@@ -42,6 +41,7 @@ fn f32_of(meta: &Value, key: &str) -> f32 {
 }
 
 /// One fixture case's inputs and expected outputs.
+#[derive(Clone)]
 struct Fixture {
     sampler: Sampler,
     step_index: usize,
@@ -49,13 +49,13 @@ struct Fixture {
     starting: f32,
     logits: Vec<f32>,
     dims: [usize; 4],
-    sample: Vec<u32>,
-    reference: Vec<u32>,
+    sample: Vec<i64>,
+    reference: Vec<i64>,
     scores: Vec<f32>,
     score_side: usize,
     draws: Vec<Vec<f32>>,
-    expected_prev: Vec<u32>,
-    expected_pred: Vec<u32>,
+    expected_prev: Vec<i64>,
+    expected_pred: Vec<i64>,
 }
 
 fn load_cases() -> Vec<Fixture> {
@@ -106,56 +106,78 @@ fn load_cases() -> Vec<Fixture> {
         .collect()
 }
 
-fn identical(a: &[u32], b: &[u32]) -> usize {
+fn identical(a: &[i64], b: &[i64]) -> usize {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).filter(|(x, y)| x == y).count()
 }
 
+fn ints(data: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+fn read(t: Tensor<2, Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().to_vec().expect("tokens")
+}
+
+/// The step's outputs read back: `(prev_sample, pred_original_sample)`.
+type Outputs = (Vec<i64>, Vec<i64>);
+
 /// Runs a fixture case `copies` times side by side as one batch (rows identical, noise
 /// drawn per row in contract order).
-fn run(f: &Fixture, copies: usize) -> StepOutput {
+fn run(f: &Fixture, copies: usize, device: &Device) -> Outputs {
     let [b, c, h, w] = f.dims;
-    let rep = |v: &[f32]| v.repeat(copies);
-    let rep_u = |v: &[u32]| v.repeat(copies);
-    let logits = rep(&f.logits);
-    let sample = rep_u(&f.sample);
-    let reference = rep_u(&f.reference);
-    let scores = rep(&f.scores);
+    let rows = b * copies;
+    let l = h * w;
+    let logits = Tensor::<4>::from_data(
+        TensorData::new(f.logits.repeat(copies), [rows, c, h, w]),
+        device,
+    );
+    let scores = ScoreMap::from_flat(
+        f.scores.repeat(copies),
+        rows,
+        f.score_side,
+        f.score_side,
+        device,
+    )
+    .unwrap()
+    .resize(h, w)
+    .unwrap()
+    .rows();
     let mut noise = ReplayNoise::from_draws(f.draws.iter().map(|d| d.repeat(copies))).unwrap();
-    let input = StepInput {
-        step_index: f.step_index,
-        logits: Logits::new(&logits, b * copies, c, h, w).unwrap(),
-        sample: &sample,
-        starting_mask_ratio: f.starting,
-        region_hold: Some(RegionHold {
-            threshold: f.threshold,
-            scores: &scores,
-            score_height: f.score_side,
-            score_width: f.score_side,
-            reference: &reference,
-        }),
-    };
-    let out = f
-        .sampler
-        .step(&input, &mut noise, &mut Workspace::default())
-        .expect("step");
+    let last = f.sampler.schedule().is_last(f.step_index);
+    let step_noise = StepNoise::draw(&mut noise, rows, l, last, device).unwrap();
     assert_eq!(
         noise.remaining(),
         0,
         "the step must consume every recorded uniform"
     );
-    out
+    let mut input = StepInput::new(
+        f.step_index,
+        logits,
+        ints(f.sample.repeat(copies), [rows, l], device),
+        step_noise,
+    );
+    input.starting_mask_ratio = StartingRatio::All(f.starting);
+    input.region_hold = Some(RegionHold {
+        threshold: f.threshold,
+        scores,
+        reference: ints(f.reference.repeat(copies), [rows, l], device),
+    });
+    let out = f.sampler.step(input).expect("step");
+    out.faults.check().expect("no faults");
+    (read(out.prev_sample), read(out.pred_original_sample))
 }
 
 #[test]
 fn sampler_matches_reference() {
+    let device = device();
     let fixtures = load_cases();
     let mut failures = Vec::new();
     for (i, f) in fixtures.iter().enumerate() {
-        let out = run(f, 1);
+        let (prev, pred) = run(f, 1, &device);
         let n = f.expected_prev.len();
-        let same_prev = identical(&out.prev_sample, &f.expected_prev);
-        let same_pred = identical(&out.pred_original_sample, &f.expected_pred);
+        let same_prev = identical(&prev, &f.expected_prev);
+        let same_pred = identical(&pred, &f.expected_pred);
         println!(
             "parity sampler case {i} (step {} of {}, threshold {}, starting ratio {}): \
              prev_sample {same_prev}/{n} identical, pred_original_sample {same_pred}/{n} identical",
@@ -178,19 +200,20 @@ fn sampler_matches_reference() {
 
 #[test]
 fn batch_rows_are_independent() {
+    let device = device();
     for (i, f) in load_cases().iter().enumerate() {
-        let single = run(f, 1);
-        let batched = run(f, 3);
-        let n = single.prev_sample.len();
+        let single = run(f, 1, &device);
+        let batched = run(f, 3, &device);
+        let n = single.0.len();
         for row in 0..3 {
             assert_eq!(
-                &batched.prev_sample[row * n..(row + 1) * n],
-                &single.prev_sample[..],
+                &batched.0[row * n..(row + 1) * n],
+                &single.0[..],
                 "case {i} row {row}: prev_sample"
             );
             assert_eq!(
-                &batched.pred_original_sample[row * n..(row + 1) * n],
-                &single.pred_original_sample[..],
+                &batched.1[row * n..(row + 1) * n],
+                &single.1[..],
                 "case {i} row {row}: pred_original_sample"
             );
         }
@@ -198,13 +221,16 @@ fn batch_rows_are_independent() {
 }
 
 #[test]
-fn result_does_not_depend_on_thread_count() {
-    let fixtures = load_cases();
-    let parallel: Vec<_> = fixtures.iter().map(|f| run(f, 2)).collect();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .unwrap();
-    let serial: Vec<_> = pool.install(|| fixtures.iter().map(|f| run(f, 2)).collect());
-    assert_eq!(parallel, serial);
+fn blocks_of_positions_give_the_same_step() {
+    let device = device();
+    for (i, f) in load_cases().iter().enumerate() {
+        let whole = run(f, 2, &device);
+        let [_, c, _, _] = f.dims;
+        // Blocks of 7 positions (not a divisor of the grid).
+        let blocked = Fixture {
+            sampler: f.sampler.clone().with_block_elements(2 * c * 7),
+            ..f.clone()
+        };
+        assert_eq!(run(&blocked, 2, &device), whole, "case {i}");
+    }
 }

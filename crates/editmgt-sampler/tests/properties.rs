@@ -1,12 +1,14 @@
-//! Properties of the step on random inputs (any batch, grids not a multiple of the tile width,
-//! region hold with a coarser score grid, high temperatures), and its refusals of bad input.
+//! Properties of the step on random inputs (any batch, grids not a multiple of anything,
+//! region hold with a coarser score grid, high temperatures), and its refusals of bad input,
+//! on the test device (`$EDITMGT_TEST_DEVICE`).
 
-use editmgt_attention::resize_bicubic;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use editmgt_attention::ScoreMap;
 use editmgt_sampler::{
-    Logits, MaskSchedule, NoiseError, RegionHold, ReplayNoise, Sampler, SamplerError, Schedule,
-    SchedulerConfig, SeededNoise, StepInput, Temperature, Workspace,
+    MaskSchedule, NoiseError, RegionHold, ReplayNoise, Sampler, SamplerError, Schedule,
+    SchedulerConfig, SeededNoise, StartingRatio, StepInput, StepNoise, Temperature,
 };
-use ndarray::ArrayView2;
+use editmgt_testkit::device;
 
 const CODEBOOK: usize = 24;
 const MASK: u32 = 24;
@@ -20,87 +22,107 @@ fn random_logits(rng: &mut SeededNoise, batch: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-fn random_tokens(rng: &mut SeededNoise, n: usize) -> Vec<u32> {
+fn random_tokens(rng: &mut SeededNoise, n: usize) -> Vec<i64> {
     (0..n)
-        .map(|_| (rng.next_uniform() * CODEBOOK as f32) as u32 % CODEBOOK as u32)
+        .map(|_| ((rng.next_uniform() * CODEBOOK as f32) as usize % CODEBOOK) as i64)
         .collect()
 }
 
-fn upsampled(scores: &[f32], batch: usize, sh: usize, sw: usize) -> Vec<f32> {
-    let mut out = Vec::new();
-    for b in 0..batch {
-        let grid =
-            ArrayView2::from_shape((sh, sw), &scores[b * sh * sw..(b + 1) * sh * sw]).unwrap();
-        out.extend(resize_bicubic(grid, H, W).unwrap().iter());
-    }
-    out
+fn floats(data: Vec<f32>, batch: usize, device: &Device) -> Tensor<4> {
+    Tensor::from_data(TensorData::new(data, [batch, CODEBOOK, H, W]), device)
 }
 
-fn masked(tokens: &[u32]) -> usize {
-    tokens.iter().filter(|&&t| t == MASK).count()
+fn ints(data: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+fn read_ints(t: Tensor<2, Int>) -> Vec<i64> {
+    t.into_data().convert::<i64>().to_vec().unwrap()
+}
+
+fn masked(tokens: &[i64]) -> usize {
+    tokens.iter().filter(|&&t| t == i64::from(MASK)).count()
 }
 
 /// Runs full edit loops and checks every step.
 fn check_loops(temperature: Temperature, schedule: MaskSchedule, seeds: std::ops::Range<u64>) {
+    let device = device();
     let batch = 3;
     let (sh, sw) = (4, 3);
+    let mask = i64::from(MASK);
     for seed in seeds {
         let mut rng = SeededNoise::new(seed);
         let steps = 2 + (seed as usize % 6);
         let sampler = Sampler::new(MASK, Schedule::new(schedule, steps, temperature).unwrap());
         let reference = random_tokens(&mut rng, batch * L);
         let scores: Vec<f32> = (0..batch * sh * sw).map(|_| rng.next_uniform()).collect();
-        let up = upsampled(&scores, batch, sh, sw);
+        let up = ScoreMap::from_flat(scores, batch, sh, sw, &device)
+            .unwrap()
+            .resize(H, W)
+            .unwrap();
+        let up_values = up.to_vec().unwrap();
         let threshold = if seed % 3 == 0 { 0.0 } else { 0.45 };
         // Half the runs start from all mask tokens, half in mask mode.
-        let mut sample = if seed % 2 == 0 {
-            vec![MASK; batch * L]
+        let mut sample: Vec<i64> = if seed % 2 == 0 {
+            vec![mask; batch * L]
         } else {
             reference
                 .iter()
-                .map(|&t| if rng.next_uniform() < 0.4 { MASK } else { t })
+                .map(|&t| if rng.next_uniform() < 0.4 { mask } else { t })
                 .collect()
         };
-        let starting = masked(&sample) as f32 / sample.len() as f32;
+        // Per-row starting ratios in mask mode (the rows' masks differ).
+        let starting = if seed % 2 == 0 {
+            StartingRatio::All(1.0)
+        } else {
+            StartingRatio::PerRow(
+                sample
+                    .chunks(L)
+                    .map(|row| masked(row) as f32 / L as f32)
+                    .collect(),
+            )
+        };
         let mut noise = SeededNoise::new(seed ^ 0xABCD);
-        let mut ws = Workspace::default();
         for step in 0..steps {
             let scale = [0.5f32, 4.0, 30.0][step % 3];
-            let logits = random_logits(&mut rng, batch, scale);
-            let input = StepInput {
-                step_index: step,
-                logits: Logits::new(&logits, batch, CODEBOOK, H, W).unwrap(),
-                sample: &sample,
-                starting_mask_ratio: starting,
-                region_hold: Some(RegionHold {
-                    threshold,
-                    scores: &scores,
-                    score_height: sh,
-                    score_width: sw,
-                    reference: &reference,
-                }),
-            };
-            let out = sampler.step(&input, &mut noise, &mut ws).unwrap();
+            let logits = floats(random_logits(&mut rng, batch, scale), batch, &device);
+            let last = sampler.schedule().is_last(step);
+            let mut input = StepInput::new(
+                step,
+                logits,
+                ints(sample.clone(), [batch, L], &device),
+                StepNoise::draw(&mut noise, batch, L, last, &device).unwrap(),
+            );
+            input.starting_mask_ratio = starting.clone();
+            input.region_hold = Some(RegionHold {
+                threshold,
+                scores: up.rows(),
+                reference: ints(reference.clone(), [batch, L], &device),
+            });
+            let out = sampler.step(input).unwrap();
+            out.faults.check().unwrap();
+            let prev = read_ints(out.prev_sample);
+            let pred = read_ints(out.pred_original_sample);
             for i in 0..batch * L {
-                let (s, prev, pred) = (sample[i], out.prev_sample[i], out.pred_original_sample[i]);
-                if s != MASK {
+                let (s, prev, pred) = (sample[i], prev[i], pred[i]);
+                if s != mask {
                     assert_eq!(
                         prev, s,
                         "seed {seed} step {step}: known position {i} changed"
                     );
                     assert_eq!(pred, s, "seed {seed} step {step}: known prediction {i}");
                 } else {
-                    assert!((pred as usize) < CODEBOOK, "prediction {pred} at {i}");
-                    if threshold > 0.0 && up[i] < threshold {
+                    assert!((0..CODEBOOK as i64).contains(&pred), "prediction {pred} at {i}");
+                    if threshold > 0.0 && up_values[i] < threshold {
                         assert_eq!(pred, reference[i], "seed {seed} step {step}: held {i}");
                     }
-                    assert!(prev == MASK || prev == pred);
+                    assert!(prev == mask || prev == pred);
                 }
             }
             for row in 0..batch {
                 let r = row * L..(row + 1) * L;
                 let before = masked(&sample[r.clone()]);
-                let after = masked(&out.prev_sample[r]);
+                let after = masked(&prev[r]);
                 assert!(
                     after <= before,
                     "seed {seed} step {step} row {row}: mask count grew"
@@ -112,7 +134,7 @@ fn check_loops(temperature: Temperature, schedule: MaskSchedule, seeds: std::ops
                     );
                 }
             }
-            sample = out.prev_sample;
+            sample = prev;
         }
         assert_eq!(
             masked(&sample),
@@ -138,8 +160,40 @@ fn known_tokens_survive_high_temperatures() {
 }
 
 #[test]
+fn remasks_exactly_the_least_confident() {
+    // Without ties, a step leaves exactly max(1, min(unknown - 1, mask_len)) positions masked.
+    let device = device();
+    let steps = 6;
+    let sampler = Sampler::new(
+        MASK,
+        Schedule::new(MaskSchedule::Cosine, steps, Temperature::default()).unwrap(),
+    );
+    let mut rng = SeededNoise::new(5);
+    let mut noise = SeededNoise::new(6);
+    let mut sample = vec![i64::from(MASK); 2 * L];
+    for step in 0..steps - 1 {
+        let logits = floats(random_logits(&mut rng, 2, 6.0), 2, &device);
+        let input = StepInput::new(
+            step,
+            logits,
+            ints(sample.clone(), [2, L], &device),
+            StepNoise::draw(&mut noise, 2, L, false, &device).unwrap(),
+        );
+        let prev = read_ints(sampler.step(input).unwrap().prev_sample);
+        let mask_len = sampler.schedule().mask_len(L, step, 1.0).unwrap();
+        for row in 0..2 {
+            let before = masked(&sample[row * L..(row + 1) * L]);
+            let expected = mask_len.min(before - 1).max(1);
+            assert_eq!(masked(&prev[row * L..(row + 1) * L]), expected, "step {step}");
+        }
+        sample = prev;
+    }
+}
+
+#[test]
 fn samples_by_inverse_cdf() {
     // p = [0.1, 0.2, 0.3, 0.4] at one position: u picks the first k with cumsum > u.
+    let device = device();
     let logits: Vec<f32> = [1.0f32, 2.0, 3.0, 4.0].iter().map(|v| v.ln()).collect();
     let sampler = Sampler::new(
         9,
@@ -155,131 +209,144 @@ fn samples_by_inverse_cdf() {
         (0.99, 3),
         (1.0, 3),
     ] {
-        let sample = [9u32];
-        let input = StepInput::new(0, Logits::new(&logits, 1, 4, 1, 1).unwrap(), &sample);
         let mut noise = ReplayNoise::new(vec![u]).unwrap();
-        let out = sampler
-            .step(&input, &mut noise, &mut Workspace::default())
-            .unwrap();
-        assert_eq!(out.pred_original_sample, vec![expected], "u = {u}");
-        assert_eq!(out.prev_sample, vec![expected]);
+        let input = StepInput::new(
+            0,
+            Tensor::from_data(TensorData::new(logits.clone(), [1, 4, 1, 1]), &device),
+            ints(vec![9], [1, 1], &device),
+            StepNoise::draw(&mut noise, 1, 1, true, &device).unwrap(),
+        );
+        let out = sampler.step(input).unwrap();
+        assert_eq!(read_ints(out.pred_original_sample), vec![expected], "u = {u}");
+        assert_eq!(read_ints(out.prev_sample), vec![expected]);
     }
 }
 
 #[test]
 fn bad_inputs_are_errors() {
+    let device = device();
     let sampler = Sampler::new(
         MASK,
         Schedule::new(MaskSchedule::Cosine, 4, Temperature::default()).unwrap(),
     );
-    let logits = vec![0f32; CODEBOOK * L];
-    let sample = vec![MASK; L];
-    let view = Logits::new(&logits, 1, CODEBOOK, H, W).unwrap();
-    let mut ws = Workspace::default();
-    let mut noise = SeededNoise::new(0);
+    let mask = i64::from(MASK);
+    let logits = floats(vec![0f32; CODEBOOK * L], 1, &device);
+    let sample = ints(vec![mask; L], [1, L], &device);
+    let noise = || StepNoise::draw(&mut SeededNoise::new(0), 1, L, false, &device).unwrap();
+    let input = || StepInput::new(0, logits.clone(), sample.clone(), noise());
 
-    assert!(matches!(
-        Logits::new(&logits, 1, CODEBOOK, H, W + 1),
-        Err(SamplerError::LengthMismatch { .. })
-    ));
-    assert!(matches!(
-        Logits::new(&logits, 0, CODEBOOK, H, W),
-        Err(SamplerError::ZeroDimension(_))
-    ));
     assert!(matches!(
         Schedule::new(MaskSchedule::Cosine, 0, Temperature::default()),
         Err(SamplerError::ZeroSteps)
     ));
-
-    let run = |input: StepInput<'_>,
-               noise: &mut dyn editmgt_sampler::NoiseSource,
-               ws: &mut Workspace| { sampler.step(&input, noise, ws) };
-    let mut input = StepInput::new(4, view, &sample);
+    let mut bad = input();
+    bad.step_index = 4;
     assert!(matches!(
-        run(input, &mut noise, &mut ws),
+        sampler.step(bad),
         Err(SamplerError::StepOutOfRange { index: 4, steps: 4 })
     ));
-    input.step_index = 0;
-    input.sample = &sample[1..];
+    let mut bad = input();
+    bad.sample = ints(vec![mask; L - 1], [1, L - 1], &device);
     assert!(matches!(
-        run(input, &mut noise, &mut ws),
-        Err(SamplerError::LengthMismatch { .. })
+        sampler.step(bad),
+        Err(SamplerError::ShapeMismatch { .. })
     ));
-    input.sample = &sample;
-    input.starting_mask_ratio = 1.5;
+    let mut bad = input();
+    bad.noise.gumbel = None;
     assert!(matches!(
-        run(input, &mut noise, &mut ws),
+        sampler.step(bad),
+        Err(SamplerError::InvalidParameter { name: "noise", .. })
+    ));
+    let mut bad = input();
+    bad.starting_mask_ratio = StartingRatio::All(1.5);
+    assert!(matches!(
+        sampler.step(bad),
         Err(SamplerError::InvalidParameter {
             name: "starting_mask_ratio",
             ..
         })
     ));
-    input.starting_mask_ratio = 1.0;
+    let mut bad = input();
+    bad.starting_mask_ratio = StartingRatio::PerRow(vec![1.0, 1.0]);
+    assert!(matches!(
+        sampler.step(bad),
+        Err(SamplerError::LengthMismatch { .. })
+    ));
 
-    let reference = vec![0u32; L];
-    let scores = vec![0.1f32; L];
     let hold = RegionHold {
         threshold: 1.5,
-        scores: &scores,
-        score_height: H,
-        score_width: W,
-        reference: &reference,
+        scores: Tensor::full([1, L], 0.1, &device),
+        reference: ints(vec![0; L], [1, L], &device),
     };
-    input.region_hold = Some(hold);
+    let mut bad = input();
+    bad.region_hold = Some(hold.clone());
     assert!(matches!(
-        run(input, &mut noise, &mut ws),
+        sampler.step(bad),
         Err(SamplerError::InvalidParameter {
             name: "threshold",
             ..
         })
     ));
-    input.region_hold = Some(RegionHold {
+    let mut bad = input();
+    bad.region_hold = Some(RegionHold {
         threshold: 0.5,
-        score_height: H * 2,
-        score_width: W / 2,
-        ..hold
+        scores: Tensor::full([1, L / 2], 0.1, &device),
+        ..hold.clone()
     });
     assert!(matches!(
-        run(input, &mut noise, &mut ws),
-        Err(SamplerError::ScoreGrid { .. })
+        sampler.step(bad),
+        Err(SamplerError::ShapeMismatch { .. })
     ));
-    input.region_hold = Some(RegionHold {
+    let mut bad = input();
+    bad.region_hold = Some(RegionHold {
         threshold: 0.5,
-        reference: &reference[1..],
-        ..hold
+        reference: ints(vec![0; L - 1], [1, L - 1], &device),
+        ..hold.clone()
     });
     assert!(matches!(
-        run(input, &mut noise, &mut ws),
-        Err(SamplerError::LengthMismatch { .. })
+        sampler.step(bad),
+        Err(SamplerError::ShapeMismatch { .. })
     ));
-    let masked_reference = vec![MASK; L];
-    input.region_hold = Some(RegionHold {
+    // Reference tokens outside the codebook at held positions: found on the device and
+    // reported by `Faults::check`.
+    let mut bad = input();
+    let mut reference = vec![0; L];
+    reference[7] = mask;
+    bad.region_hold = Some(RegionHold {
         threshold: 0.5,
-        reference: &masked_reference,
+        reference: ints(reference, [1, L], &device),
         ..hold
     });
+    let out = sampler.step(bad).unwrap();
     assert!(matches!(
-        run(input, &mut noise, &mut ws),
-        Err(SamplerError::TokenOutOfRange { .. })
+        out.faults.check(),
+        Err(SamplerError::TokenOutOfRange { token, batch: 0, position: 7, .. }) if token == mask
     ));
-    input.region_hold = None;
 
     let mut short = ReplayNoise::new(vec![0.5; L]).unwrap();
     assert!(matches!(
-        run(input, &mut short, &mut ws),
-        Err(SamplerError::Noise(NoiseError::Exhausted { .. }))
+        StepNoise::draw(&mut short, 1, L, false, &device),
+        Err(NoiseError::Exhausted { .. })
     ));
 
-    let mut bad = logits.clone();
-    bad[3 * L + 5] = f32::NAN;
-    let bad_view = Logits::new(&bad, 1, CODEBOOK, H, W).unwrap();
-    let input = StepInput::new(0, bad_view, &sample);
+    let mut values = vec![0f32; CODEBOOK * L];
+    values[3 * L + 5] = f32::NAN;
+    let mut bad = input();
+    bad.logits = floats(values, 1, &device);
+    let out = sampler.step(bad).unwrap();
     assert!(matches!(
-        run(input, &mut noise, &mut ws),
+        out.faults.clone().check(),
         Err(SamplerError::InvalidLogits {
             batch: 0,
             position: 5
         })
+    ));
+    // Faults merge: the earlier step's fault wins, a clean step keeps it.
+    let clean = sampler.step(input()).unwrap().faults;
+    clean.clone().check().unwrap();
+    assert!(matches!(
+        clean.merge(out.faults.clone()).check(),
+        Err(SamplerError::InvalidLogits { position: 5, .. })
     ));
 }
 

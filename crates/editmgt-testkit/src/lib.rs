@@ -18,6 +18,68 @@ pub mod weights;
 /// The environment variable naming the fixture root.
 pub const FIXTURES_ENV: &str = "EDITMGT_FIXTURES";
 
+/// The environment variable choosing the device of every model test: `cpu` (default), `wgpu`
+/// or `cuda`.
+pub const DEVICE_ENV: &str = "EDITMGT_TEST_DEVICE";
+
+/// The device every model test runs on: `$EDITMGT_TEST_DEVICE` (`cpu`, the default; `wgpu`;
+/// `cuda`). A device that is asked for but not compiled in (the testkit's `wgpu` / `cuda`
+/// features, which the model crates pass through) or not available fails the test with a message
+/// that says so: it never falls back to the CPU.
+pub fn device() -> Device {
+    let name = std::env::var(DEVICE_ENV).unwrap_or_default();
+    match name.trim().to_ascii_lowercase().as_str() {
+        "" | "cpu" | "flex" => Device::flex(),
+        "wgpu" => wgpu_device(),
+        "cuda" => cuda_device(),
+        other => panic!("${DEVICE_ENV} = {other:?}: expected cpu, wgpu or cuda"),
+    }
+}
+
+/// Whether the tests run on the CPU (`$EDITMGT_TEST_DEVICE` unset or `cpu`).
+pub fn on_cpu() -> bool {
+    matches!(
+        std::env::var(DEVICE_ENV)
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+            .as_str(),
+        "" | "cpu" | "flex"
+    )
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device() -> Device {
+    let device = Device::wgpu(Default::default());
+    // Fail here, with a clear message, when no adapter is there.
+    let probe = Tensor::<1>::from_data(TensorData::new(vec![1f32, 2.0], [2]), &device);
+    match probe.try_into_data() {
+        Ok(_) => device,
+        Err(e) => panic!(
+            "${DEVICE_ENV}=wgpu but no wgpu adapter works here ({e:?}); on Linux install a Vulkan driver (e.g. Debian's mesa-vulkan-drivers for lavapipe)"
+        ),
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device() -> Device {
+    panic!(
+        "${DEVICE_ENV}=wgpu but this test build lacks the `wgpu` feature: run `cargo test -p <crate> --features wgpu`"
+    )
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Device {
+    Device::cuda(0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Device {
+    panic!(
+        "${DEVICE_ENV}=cuda but this test build lacks the `cuda` feature: run `cargo test -p <crate> --features cuda`"
+    )
+}
+
 /// The repository root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -42,7 +42,7 @@ fn clip_real_shapes_are_exactly_the_released_tensors() {
     )
     .unwrap();
     let rss = vm_kib("VmRSS:");
-    let clip = ClipTextEncoder::new(config, &Device::flex());
+    let clip = ClipTextEncoder::new(config, &editmgt_testkit::device());
     let table = clip.parameter_table();
     let ours = table_map(&table);
     assert_eq!(ours, real.tensors, "CLIP tensor names/shapes");
@@ -65,7 +65,7 @@ fn gemma_real_shapes_are_the_released_tensors_but_the_unused_ones() {
     )
     .unwrap();
     let rss = vm_kib("VmRSS:");
-    let gemma = GemmaEncoder::new(config.clone(), &Device::flex());
+    let gemma = GemmaEncoder::new(config.clone(), &editmgt_testkit::device());
     let table = gemma.parameter_table();
     let grown = vm_kib("VmRSS:").saturating_sub(rss);
     assert!(grown < 200 * 1024, "building Gemma allocated {grown} KiB");
@@ -179,7 +179,7 @@ fn half_precision_weights_load_and_agree_with_f32() {
     let case = Case::open("text");
     let prompts = prompts(&case);
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let hidden = case.f32("encoder_hidden_states");
     let pooled = case.f32("pooled_projections");
     for (stored, float, tol) in [
@@ -216,7 +216,7 @@ fn half_precision_weights_load_and_agree_with_f32() {
 #[test]
 fn sharded_weights_load_like_a_single_file() {
     let case = Case::open("text");
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let model = TempModel::new(Dtype::F32);
     let folder = model.path("llm_encoder");
     let tensors = read_f32_safetensors(&folder.join("model.safetensors"));
@@ -253,7 +253,7 @@ fn sharded_weights_load_like_a_single_file() {
 
 #[test]
 fn unused_gemma_tensors_are_never_needed() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let model = TempModel::new(Dtype::F32);
     let folder = model.path("llm_encoder");
     let config = Gemma2Config::from_file(&folder.join("config.json")).unwrap();
@@ -302,7 +302,7 @@ fn missing_tokenizer_files_are_typed_errors() {
     std::fs::remove_dir_all(model.path("tokenizer")).unwrap();
     match expect_load_error(TextEncoder::from_model_dir(
         model.root(),
-        &Device::flex(),
+        &editmgt_testkit::device(),
         FloatType::F32,
     )) {
         LoadError::MissingFolder { path } => assert!(path.ends_with("tokenizer")),
@@ -341,7 +341,7 @@ fn a_tokenizer_json_that_does_not_parse_is_a_typed_error() {
 
 #[test]
 fn a_config_of_another_architecture_is_a_typed_error() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let model = TempModel::new(Dtype::F32);
     let edit = |folder: &str, key: &str, value: serde_json::Value| {
         let path = model.path(folder).join("config.json");
@@ -404,7 +404,7 @@ fn a_config_of_another_architecture_is_a_typed_error() {
 
 #[test]
 fn weights_with_missing_tensors_are_a_typed_error() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let model = TempModel::new(Dtype::F32);
     for (folder, missing) in [
         ("llm_encoder", "model.layers.0.mlp.up_proj.weight"),
@@ -457,7 +457,7 @@ fn weights_with_missing_tensors_are_a_typed_error() {
 
 #[test]
 fn bad_batches_are_typed_errors() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let encoder = TextEncoder::from_model_dir(&model_dir(), &device, FloatType::F32).unwrap();
     assert!(matches!(encoder.encode(&[]), Err(TextError::EmptyBatch)));
     let too_big = editmgt_text::TokenIds::from_rows(vec![vec![u32::MAX; 4]]).unwrap();

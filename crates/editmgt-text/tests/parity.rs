@@ -124,7 +124,7 @@ fn gemma_token_ids_match_and_pad_on_the_reference_side() {
 #[test]
 fn clip_text_embeds_and_hidden_states_match() {
     let case = Case::open("text");
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let clip = ClipTextEncoder::from_model_dir(&model_dir(), &device, FloatType::F32).unwrap();
     let ids = fixture_ids(&case, "clip_input_ids");
     let out = clip.forward(&ids, true).unwrap();
@@ -158,7 +158,7 @@ fn clip_text_embeds_and_hidden_states_match() {
 #[test]
 fn gemma_penultimate_hidden_state_matches() {
     let case = Case::open("text");
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let gemma = GemmaEncoder::from_model_dir(&model_dir(), &device, FloatType::F32).unwrap();
     let ids = fixture_ids(&case, "gemma_input_ids");
     let hidden = gemma.forward(&ids).unwrap();
@@ -177,7 +177,7 @@ fn text_encoder_encodes_prompts_end_to_end() {
     let case = Case::open("text");
     let prompts = prompts(&case);
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let encoder = TextEncoder::from_model_dir(&model_dir(), &device, FloatType::F32).unwrap();
     let out = encoder.encode(&refs).unwrap();
     let expected = case.f32("encoder_hidden_states");

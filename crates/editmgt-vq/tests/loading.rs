@@ -18,7 +18,7 @@ fn real_configuration_has_the_released_names_and_shapes() {
     config
         .validate(Path::new("real-shapes/vqvae.json"))
         .unwrap();
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let model = VqModel::new(&config, &device);
     let table = model.parameter_table();
     let ours: BTreeMap<String, Vec<usize>> = table
@@ -66,7 +66,7 @@ fn write_modified(dir: &Path, edit: impl FnOnce(&mut Tensors)) {
 }
 
 fn load(dir: &Path) -> Result<VqModel, VqError> {
-    VqModel::from_folder(dir, &Device::flex(), FloatType::F32)
+    VqModel::from_folder(dir, &editmgt_testkit::device(), FloatType::F32)
 }
 
 #[test]
@@ -192,28 +192,33 @@ fn bad_images_are_typed_errors() {
     assert!(matches!(err, VqError::ImageFile { .. }), "{err}");
     assert!(err.to_string().contains("/nonexistent/photo.png"));
 
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let model = VqModel::from_folder(model_dir().join("vqvae"), &device, FloatType::F32).unwrap();
-    let odd = Tensor::<4>::zeros([1, 3, 40, 32], &device);
+    // Sizes from the loaded model: a height that is not a multiple of its factor.
+    let f = model.downsampling_factor();
+    let odd = Tensor::<4>::zeros([1, 3, 2 * f + f / 2, 2 * f], &device);
     match model.encode(odd).unwrap_err() {
         VqError::InvalidImageSize {
             height,
             width,
             factor,
-        } => assert_eq!((height, width, factor), (40, 32, 16)),
+        } => assert_eq!((height, width, factor), (2 * f + f / 2, 2 * f, f)),
         other => panic!("expected an invalid size, got {other}"),
     }
-    let grey = Tensor::<4>::zeros([1, 1, 32, 32], &device);
+    let grey = Tensor::<4>::zeros([1, 1, 2 * f, 2 * f], &device);
     assert!(matches!(
         model.encode(grey).unwrap_err(),
         VqError::InvalidShape { .. }
     ));
+    let codebook_size = model.codebook_size() as i64;
     let tokens = Tensor::<3, burn::tensor::Int>::from_data(
-        TensorData::new(vec![0i64, 5, 64, 1], [1, 2, 2]),
+        TensorData::new(vec![0i64, 1, codebook_size, 0], [1, 2, 2]),
         &device,
     );
     match model.decode(tokens).unwrap_err() {
-        VqError::TokenOutOfRange { token, codebook } => assert_eq!((token, codebook), (64, 64)),
+        VqError::TokenOutOfRange { token, codebook } => {
+            assert_eq!((token, codebook as i64), (codebook_size, codebook_size))
+        }
         other => panic!("expected an out-of-range token, got {other}"),
     }
     assert!(matches!(
@@ -224,7 +229,7 @@ fn bad_images_are_typed_errors() {
 
 #[test]
 fn images_round_trip_through_tensors_and_files() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let source = imaging::load_rgb(editmgt_testkit::case_file("source.png")).unwrap();
     let small = imaging::resize(&source, 48, 32);
     assert_eq!(small.dimensions(), (48, 32));
@@ -252,7 +257,7 @@ fn images_round_trip_through_tensors_and_files() {
 
 #[test]
 fn any_batch_and_size_divisible_by_the_factor() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let model = VqModel::from_folder(model_dir().join("vqvae"), &device, FloatType::F32).unwrap();
     let images = Tensor::<4>::random(
         [3, 3, 48, 80],

@@ -32,7 +32,7 @@ fn run(model: &VqModel, case: &Case, device: &Device) -> Outputs {
 
 #[test]
 fn matches_reference_in_f32() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let case = Case::open("vq");
     let model = VqModel::from_folder(model_dir().join("vqvae"), &device, FloatType::F32).unwrap();
     let out = run(&model, &case, &device);
@@ -69,7 +69,7 @@ fn half_copy(dtype: Dtype, dir: &std::path::Path) {
 
 #[test]
 fn half_precision_weights_match_f32() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let case = Case::open("vq");
     let reference =
         VqModel::from_folder(model_dir().join("vqvae"), &device, FloatType::F32).unwrap();
@@ -111,7 +111,7 @@ fn half_precision_weights_match_f32() {
 
 #[test]
 fn computes_in_half_precision() {
-    let device = Device::flex();
+    let device = editmgt_testkit::device();
     let case = Case::open("vq");
     let reference =
         VqModel::from_folder(model_dir().join("vqvae"), &device, FloatType::F32).unwrap();

@@ -1,8 +1,9 @@
 //! Parity with the reference's consolidation pipeline on `cases/consolidation.safetensors`:
-//! raw scores -> rescale -> adaptive smoothing (strength 1) -> bicubic 32 -> 64.
+//! raw scores -> rescale -> adaptive smoothing (strength 1) -> bicubic 32 -> 64, on the test
+//! device (`$EDITMGT_TEST_DEVICE`).
 
 use editmgt_attention::{AdaptiveSmoothing, ScoreMap};
-use editmgt_testkit::{Case, assert_close};
+use editmgt_testkit::{Case, assert_close, device};
 
 const TOLERANCE: f32 = 1e-5;
 
@@ -13,8 +14,13 @@ fn side(n: usize) -> usize {
     s
 }
 
+fn values(map: &ScoreMap) -> Vec<f32> {
+    map.to_vec().expect("read back")
+}
+
 #[test]
 fn consolidation_matches_reference() {
+    let device = device();
     let case = Case::open("consolidation");
     let count = case.meta["count"]
         .as_u64()
@@ -26,13 +32,13 @@ fn consolidation_matches_reference() {
             panic!("{i}.raw has shape {:?}, expected [B, N]", raw.shape)
         };
         let s = side(n);
-        let map = ScoreMap::from_flat(raw.data, batch, s, s).expect("raw map");
+        let map = ScoreMap::from_flat(raw.data, batch, s, s, &device).expect("raw map");
 
         let rescaled = map.rescale();
         let expected = case.f32(&format!("{i}.rescaled"));
         assert_close(
             &format!("case {i} rescaled"),
-            rescaled.as_slice(),
+            &values(&rescaled),
             &expected.data,
             TOLERANCE,
         );
@@ -43,7 +49,7 @@ fn consolidation_matches_reference() {
         let expected = case.f32(&format!("{i}.smoothed"));
         assert_close(
             &format!("case {i} smoothed"),
-            smoothed.as_slice(),
+            &values(&smoothed),
             &expected.data,
             TOLERANCE,
         );
@@ -53,32 +59,42 @@ fn consolidation_matches_reference() {
         let upsampled = smoothed.upsample(factor).expect("upsampling");
         assert_close(
             &format!("case {i} upsampled"),
-            upsampled.as_slice(),
+            &values(&upsampled),
             &expected.data,
             TOLERANCE,
         );
 
         // Also chained from the reference's own intermediate values, so each step is checked
         // on its own input.
-        let smoothed_ref =
-            ScoreMap::from_flat(case.f32(&format!("{i}.rescaled")).data, batch, s, s)
-                .unwrap()
-                .smooth(&AdaptiveSmoothing::default())
-                .unwrap();
+        let smoothed_ref = ScoreMap::from_flat(
+            case.f32(&format!("{i}.rescaled")).data,
+            batch,
+            s,
+            s,
+            &device,
+        )
+        .unwrap()
+        .smooth(&AdaptiveSmoothing::default())
+        .unwrap();
         assert_close(
             &format!("case {i} smoothed (from reference rescaled)"),
-            smoothed_ref.as_slice(),
+            &values(&smoothed_ref),
             &case.f32(&format!("{i}.smoothed")).data,
             TOLERANCE,
         );
-        let upsampled_ref =
-            ScoreMap::from_flat(case.f32(&format!("{i}.smoothed")).data, batch, s, s)
-                .unwrap()
-                .upsample(factor)
-                .unwrap();
+        let upsampled_ref = ScoreMap::from_flat(
+            case.f32(&format!("{i}.smoothed")).data,
+            batch,
+            s,
+            s,
+            &device,
+        )
+        .unwrap()
+        .upsample(factor)
+        .unwrap();
         assert_close(
             &format!("case {i} upsampled (from reference smoothed)"),
-            upsampled_ref.as_slice(),
+            &values(&upsampled_ref),
             &expected.data,
             TOLERANCE,
         );
@@ -87,26 +103,31 @@ fn consolidation_matches_reference() {
 
 #[test]
 fn batched_smoothing_equals_per_item() {
+    let device = device();
     let case = Case::open("consolidation");
     let count = case.meta["count"].as_u64().expect("count") as usize;
     let mut data = Vec::new();
     let mut n = 0;
+    let mut up = 0;
     for i in 0..count {
         let raw = case.f32(&format!("{i}.raw"));
         n = raw.shape[1];
         data.extend(raw.data);
+        up = case.f32(&format!("{i}.upsampled")).shape[1];
     }
     let s = side(n);
-    let batch = ScoreMap::from_flat(data, count, s, s).unwrap();
-    let out = batch
-        .rescale()
-        .smooth(&AdaptiveSmoothing::default())
-        .unwrap()
-        .upsample(2)
-        .unwrap();
+    let batch = ScoreMap::from_flat(data, count, s, s, &device).unwrap();
+    let out = values(
+        &batch
+            .rescale()
+            .smooth(&AdaptiveSmoothing::default())
+            .unwrap()
+            .upsample(side(up) / s)
+            .unwrap(),
+    );
     for i in 0..count {
         let expected = case.f32(&format!("{i}.upsampled"));
-        let got = &out.as_slice()[i * expected.data.len()..(i + 1) * expected.data.len()];
+        let got = &out[i * expected.data.len()..(i + 1) * expected.data.len()];
         assert_close(
             &format!("batched case {i} upsampled"),
             got,
