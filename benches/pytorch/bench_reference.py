@@ -26,6 +26,11 @@ from types import SimpleNamespace
 HERE = Path(__file__).resolve().parent
 DEFAULT_FIXTURES = HERE.parent.parent / "fixtures" / "real-shapes"
 BENCHES = ("mgt", "vq", "gemma", "sampler", "consolidation")
+# Heavy modes run only when named in --only.
+EXTRA_BENCHES = ("pipeline",)
+# The negative prompt our CLI uses by default (editmgt-pipeline's DEFAULT_NEGATIVE_PROMPT).
+NEGATIVE_PROMPT = ("worst quality, low quality, low res, blurry, distortion, watermark, logo, signature, text, "
+                   "jpeg artifacts, signature, sketch, duplicate, ugly, identifying mark")
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,7 +38,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reference", default="/tmp/pyref", help="checkout of weichow23/EditMGT (holds src/)")
     p.add_argument("--fixtures", default=str(DEFAULT_FIXTURES), help="folder with editmgt.json, vqvae.json, llm_encoder.json")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--only", nargs="*", choices=BENCHES, default=list(BENCHES), help="benches to run")
+    p.add_argument("--only", nargs="*", choices=BENCHES + EXTRA_BENCHES, default=list(BENCHES),
+                   help="benches to run (`pipeline` only when named)")
     p.add_argument("--min-iters", type=int, default=10, help="minimum timed calls per row")
     p.add_argument("--max-iters", type=int, default=200, help="maximum timed calls per row")
     p.add_argument("--min-seconds", type=float, default=5.0, help="minimum timed seconds per row")
@@ -44,6 +50,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--consolidation-heads", type=int, nargs="*", default=[1, 8],
                    help="heads per captured map; 1 = the data volume of our bench, 8 = the released model")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    pipe = p.add_argument_group("pipeline", "a whole edit with a model folder (benches/realscale.sh)")
+    pipe.add_argument("--model", default=None, help="model folder in the released layout (e.g. synth-checkpoint's)")
+    pipe.add_argument("--image", default=str(HERE.parent.parent / "fixtures" / "tiny" / "cases" / "source.png"),
+                      help="image to edit (default: the 1024x1024 fixture)")
+    pipe.add_argument("--prompt", default="make it into Ghibli style", help="the instruction")
+    pipe.add_argument("--steps", type=int, default=2, help="sampling steps")
+    pipe.add_argument("--resolution", type=int, default=1024, help="height and width of the edit")
+    pipe.add_argument("--guidance", type=float, default=6.0, help="guidance scale (our CLI's default)")
+    pipe.add_argument("--strength", type=float, default=1.1, help="reference strength (our CLI's default)")
+    pipe.add_argument("--pipeline-dtype", choices=("f32", "bf16"), default="f32", help="float type of every component")
     return p.parse_args()
 
 
@@ -258,6 +274,65 @@ def bench_consolidation(args, torch, rows):
                  measure(smooth, args.min_iters, args.max_iters, args.min_seconds)))
 
 
+def bench_pipeline(args, torch, rows):
+    """Loads every component of ``--model`` as the reference's ``init_edit_mgt`` does (from a
+    local folder instead of the Hub) and times one edit: load, the whole call, and each step
+    (through the pipeline's step callback). Untested here: the development machine has no torch."""
+    import resource
+
+    from diffusers import VQModel
+    from PIL import Image
+    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPTextModelWithProjection, CLIPTokenizer
+    from src.pipeline import Pipeline
+    from src.scheduler import Scheduler
+    from src.transformer import Transformer2DModel
+
+    if not args.model:
+        raise SystemExit("bench_reference.py: the pipeline bench needs --model (a model folder)")
+    model = str(Path(args.model).resolve())
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[args.pipeline_dtype]
+
+    start = time.perf_counter()
+    clip = CLIPTextModelWithProjection.from_pretrained(model, subfolder="text_encoder", torch_dtype=dtype)
+    clip_tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    gemma = AutoModelForCausalLM.from_pretrained(model, subfolder="llm_encoder", output_hidden_states=True,
+                                                 torch_dtype=dtype)
+    gemma_tokenizer = AutoTokenizer.from_pretrained(model, subfolder="llm_encoder")
+    vq = VQModel.from_pretrained(model, subfolder="vqvae", torch_dtype=dtype)
+    scheduler = Scheduler.from_pretrained(model, subfolder="scheduler")
+    transformer = Transformer2DModel.from_pretrained(model, subfolder="editmgt", torch_dtype=dtype)
+    pipe = Pipeline(transformer=transformer, tokenizer=clip_tokenizer, text_encoder=clip, vqvae=vq,
+                    scheduler=scheduler, text_encoder_t5=gemma, tokenizer_t5=gemma_tokenizer).to("cpu")
+    load_s = time.perf_counter() - start
+
+    image = Image.open(args.image).convert("RGB")
+    marks = []
+
+    def callback(step, timestep, latents):
+        marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    out = pipe(prompt=[args.prompt], negative_prompt=[NEGATIVE_PROMPT], height=args.resolution,
+               width=args.resolution, reference_image=[image], reference_strength=args.strength,
+               guidance_scale=args.guidance, num_inference_steps=args.steps,
+               generator=torch.Generator().manual_seed(0), callback=callback, callback_steps=1)
+    total_s = time.perf_counter() - start
+    assert len(out.images) == 1
+    steps = [b - a for a, b in zip(marks, marks[1:])]
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # kB on Linux
+
+    def row(label, seconds):
+        rows.append((label, {"median_s": seconds, "min_s": seconds, "iters": 1}))
+
+    row("pipeline / load", load_s)
+    row(f"pipeline / edit {args.resolution}x{args.resolution}, {args.steps} step(s), {args.pipeline_dtype}", total_s)
+    if steps:
+        # Callback to callback: one transformer step (both guidance halves) and one sampler step.
+        row("pipeline / step (mean after the first)", statistics.mean(steps))
+        row("pipeline / fixed cost (edit minus steps after the first)", total_s - sum(steps))
+    print(f"  pipeline peak RSS: {peak_gib:.2f} GiB", flush=True)
+
+
 def main() -> int:
     args = parse_args()
     ref = Path(args.reference).resolve()
@@ -279,9 +354,9 @@ def main() -> int:
 
     rows = []
     runners = {"mgt": bench_mgt, "vq": bench_vq, "gemma": bench_gemma, "sampler": bench_sampler,
-               "consolidation": bench_consolidation}
+               "consolidation": bench_consolidation, "pipeline": bench_pipeline}
     with torch.no_grad():
-        for name in BENCHES:
+        for name in BENCHES + EXTRA_BENCHES:
             if name in args.only:
                 before = len(rows)
                 runners[name](args, torch, rows)

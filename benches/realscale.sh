@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Real-scale benchmark (issue 13): a 1024x1024 edit with a full-size checkpoint of random
+# weights, timed and measured (wall time, peak resident memory) in f32 and bf16, with and
+# without --low-memory, printed as one Markdown table.
+#
+#   benches/realscale.sh [--steps N] [--cache DIR] [--checkpoint-dtype f32|f16|bf16]
+#                        [--dtypes "f32 bf16"] [--seed N] [--out DIR]
+#                        [--with-reference --reference PATH] [--threads N]
+#
+# The checkpoint (about 9.4 GB in bf16, 19 GB in f32) is written once by the testkit's
+# `synth-checkpoint` into the cache folder (default target/synth-<checkpoint dtype>) and reused
+# by later runs. Each edit needs the memory the table reports (about 20 GB in f32 today), so run
+# it on a machine with nothing else big running. Needs GNU time (/usr/bin/time).
+#
+# --with-reference: also the PyTorch reference pipeline (float32) on the same folder, steps and
+# threads: a venv in target/realscale-venv gets torch 2.1.0, diffusers 0.32.1 and transformers
+# 4.47.1 from PyPI, and benches/pytorch/bench_reference.py --only pipeline imports the reference
+# from the checkout given by --reference (the folder holding src/).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STEPS=2
+CKPT_DTYPE=bf16
+CACHE=""
+DTYPES="f32 bf16"
+SEED=0
+OUT=""
+WITH_REFERENCE=0
+REFERENCE=""
+THREADS=""
+IMAGE="$ROOT/fixtures/tiny/cases/source.png" # 1024x1024
+PROMPT="make it into Ghibli style"
+
+usage() {
+    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --steps) STEPS="$2"; shift 2 ;;
+        --cache) CACHE="$2"; shift 2 ;;
+        --checkpoint-dtype) CKPT_DTYPE="$2"; shift 2 ;;
+        --dtypes) DTYPES="$2"; shift 2 ;;
+        --seed) SEED="$2"; shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --with-reference) WITH_REFERENCE=1; shift ;;
+        --reference) REFERENCE="$2"; shift 2 ;;
+        --threads) THREADS="$2"; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "realscale.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+if ! [[ "$STEPS" =~ ^[1-9][0-9]*$ ]]; then
+    echo "realscale.sh: --steps must be a positive integer, not '$STEPS'" >&2
+    exit 2
+fi
+if [[ ! -x /usr/bin/time ]]; then
+    echo "realscale.sh: GNU time (/usr/bin/time) is needed to measure peak memory (Debian: apt-get install time)" >&2
+    exit 2
+fi
+CACHE="${CACHE:-$ROOT/target/synth-$CKPT_DTYPE}"
+OUT="${OUT:-$ROOT/target/realscale}"
+mkdir -p "$OUT"
+if [[ -n "$THREADS" ]]; then
+    export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS"
+fi
+
+echo "== building (release)"
+(cd "$ROOT" && cargo build --release -p editmgt-testkit --bin synth-checkpoint && cargo build --release -p editmgt-cli)
+SYNTH="$ROOT/target/release/synth-checkpoint"
+EDITMGT="$ROOT/target/release/editmgt"
+
+echo "== synthetic checkpoint ($CKPT_DTYPE, seed $SEED) in $CACHE"
+"$SYNTH" --out "$CACHE" --dtype "$CKPT_DTYPE" --seed "$SEED"
+
+# Stage timings, when this editmgt has them (issue 13, item 2).
+TIMINGS=()
+if "$EDITMGT" edit --help 2>/dev/null | grep -q -- "--timings"; then
+    TIMINGS=(--timings)
+fi
+
+# Runs one edit under GNU time; appends "dtype|low|wall|peak" to $OUT/rows.
+ROWS="$OUT/rows"
+: > "$ROWS"
+run_edit() {
+    local dtype="$1" low="$2"
+    local name="edit-$dtype${low:+-low-memory}"
+    local flags=(--dtype "$dtype" --steps "$STEPS" --seed 0 --quiet "${TIMINGS[@]}")
+    [[ -n "$low" ]] && flags+=(--low-memory)
+    echo "== $name: editmgt edit ${flags[*]}"
+    if ! /usr/bin/time -v -o "$OUT/$name.time" "$EDITMGT" edit --model "$CACHE" --image "$IMAGE" \
+        --prompt "$PROMPT" --out "$OUT/$name.png" "${flags[@]}" > "$OUT/$name.log" 2>&1; then
+        echo "   failed; see $OUT/$name.log and $OUT/$name.time" >&2
+        tail -5 "$OUT/$name.log" >&2 || true
+        echo "$dtype|${low:+yes}|failed|failed" >> "$ROWS"
+        return 0
+    fi
+    local wall peak_kb
+    wall="$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$OUT/$name.time")"
+    peak_kb="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$OUT/$name.time")"
+    local seconds
+    seconds="$(awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.1f", s }' <<< "$wall")"
+    local peak
+    peak="$(awk '{ printf "%.2f", $1 / 1048576 }' <<< "$peak_kb")"
+    echo "   ${seconds} s, peak ${peak} GiB"
+    [[ ${#TIMINGS[@]} -gt 0 ]] && grep -v '^\s*$' "$OUT/$name.log" | sed 's/^/   /' || true
+    echo "$dtype|${low:+yes}|$seconds s|$peak GiB" >> "$ROWS"
+}
+
+for dtype in $DTYPES; do
+    run_edit "$dtype" ""
+    run_edit "$dtype" "yes"
+done
+
+# The PyTorch reference pipeline on the same folder, steps and threads, in float32.
+REF_ROW=""
+if [[ "$WITH_REFERENCE" == 1 ]]; then
+    if [[ -z "$REFERENCE" || ! -f "$REFERENCE/src/transformer.py" ]]; then
+        echo "realscale.sh: --with-reference needs --reference PATH, a checkout of" \
+            "https://github.com/weichow23/EditMGT (the folder holding src/)" >&2
+        exit 2
+    fi
+    VENV="$ROOT/target/realscale-venv"
+    if [[ ! -x "$VENV/bin/python" ]]; then
+        echo "== creating $VENV and installing the reference's packages from PyPI"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet torch==2.1.0 diffusers==0.32.1 transformers==4.47.1 peft==0.14.0 \
+            accelerate einops scipy "numpy<2" pillow safetensors sentencepiece protobuf
+    fi
+    echo "== reference pipeline (f32, $STEPS step(s))"
+    if /usr/bin/time -v -o "$OUT/reference.time" "$VENV/bin/python" "$ROOT/benches/pytorch/bench_reference.py" \
+        --reference "$REFERENCE" --only pipeline --model "$CACHE" --image "$IMAGE" --prompt "$PROMPT" \
+        --steps "$STEPS" --threads "${THREADS:-$(nproc)}" --pipeline-dtype f32 --json "$OUT/reference.json" \
+        > "$OUT/reference.log" 2>&1; then
+        sed 's/^/   /' "$OUT/reference.log"
+        wall="$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$OUT/reference.time")"
+        peak_kb="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$OUT/reference.time")"
+        seconds="$(awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.1f", s }' <<< "$wall")"
+        peak="$(awk '{ printf "%.2f", $1 / 1048576 }' <<< "$peak_kb")"
+        REF_ROW="f32|no|$seconds s|$peak GiB"
+    else
+        echo "   the reference failed; see $OUT/reference.log" >&2
+        tail -20 "$OUT/reference.log" >&2 || true
+        REF_ROW="f32|no|failed|failed"
+    fi
+fi
+
+echo
+echo "1024x1024 edit, $STEPS step(s), checkpoint $CKPT_DTYPE on disk ($CACHE), $(nproc) cores${THREADS:+, $THREADS threads}"
+echo
+echo "| side | dtype | --low-memory | wall time | peak RSS |"
+echo "|---|---|---|---:|---:|"
+while IFS='|' read -r dtype low wall peak; do
+    echo "| editmgt-rs | $dtype | ${low:-no} | $wall | $peak |"
+done < "$ROWS"
+if [[ -n "$REF_ROW" ]]; then
+    IFS='|' read -r dtype low wall peak <<< "$REF_ROW"
+    echo "| PyTorch reference | $dtype | $low | $wall | $peak |"
+    # Ratios of the f32 default run to the reference (below 1: we are faster / smaller).
+    ours="$(grep '^f32||' "$ROWS" || true)"
+    if [[ -n "$ours" && "$wall" != failed ]]; then
+        IFS='|' read -r _ _ our_wall our_peak <<< "$ours"
+        awk -v a="${our_wall% s}" -v b="${wall% s}" -v c="${our_peak% GiB}" -v d="${peak% GiB}" \
+            'BEGIN { if (b > 0 && d > 0 && a + 0 > 0) printf "\nf32 editmgt-rs / reference: time %.2f, peak memory %.2f\n", a / b, c / d }'
+    fi
+    [[ "$wall" == failed ]] && exit 1
+fi
