@@ -232,7 +232,7 @@ impl ComponentSpec {
         if tensors.is_empty() {
             return Err(bad("the tensor list is empty".into()));
         }
-        tensors.sort_by(|a, b| natural_key(&a.0).cmp(&natural_key(&b.0)));
+        tensors.sort_by_key(|a| natural_key(&a.0));
         if let Some(pair) = tensors.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(bad(format!("tensor `{}` is listed twice", pair[0].0)));
         }

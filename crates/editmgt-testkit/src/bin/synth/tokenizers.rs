@@ -104,8 +104,11 @@ fn create_dir(folder: &Path) -> Result<(), SynthError> {
     std::fs::create_dir_all(folder).map_err(|e| SynthError::io(folder, e))
 }
 
+/// A BPE vocabulary: the tokens in id order and the merges in rank order.
+pub type Bpe = (Vec<String>, Vec<(String, String)>);
+
 /// The vocabulary (in id order) and merges of a synthetic Gemma BPE of `vocab_size` entries.
-pub fn gemma_vocab(vocab_size: usize) -> Result<(Vec<String>, Vec<(String, String)>), SynthError> {
+pub fn gemma_vocab(vocab_size: usize) -> Result<Bpe, SynthError> {
     if vocab_size < gemma_min_vocab() {
         return Err(SynthError::new(format!(
             "llm_encoder: vocab_size {vocab_size} is too small for a synthetic Gemma vocabulary \
