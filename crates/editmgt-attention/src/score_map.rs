@@ -110,7 +110,7 @@ impl ScoreMap {
             .clone()
             .try_into_data()
             .map_err(|e| AttentionError::Readback(format!("{e:?}")))?
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
             .map_err(|e| AttentionError::Readback(format!("{e:?}")))
     }
 

@@ -2,7 +2,6 @@
 
 mod common;
 
-use burn::tensor::Device;
 use common::{Inputs, case_named, cases, tiny_model};
 use editmgt_mgt::{CaptureRequest, Positions};
 use editmgt_testkit::{Case, assert_close, relative_max_error, to_f32_vec};

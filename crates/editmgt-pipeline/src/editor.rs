@@ -969,7 +969,7 @@ fn read_ints(tensor: Tensor<1, Int>, counter: &Cell<u64>) -> Result<Vec<i64>, Ed
     let data = tensor
         .try_into_data()
         .map_err(|e| EditError::Readback(format!("{e:?}")))?;
-    counter.set(counter.get() + data.bytes.len() as u64);
+    counter.set(counter.get() + data.as_bytes().len() as u64);
     data.convert::<i64>()
         .try_to_vec::<i64>()
         .map_err(|e| EditError::Readback(format!("{e:?}")))

@@ -38,7 +38,7 @@
 //!     out.faults.check()?; // reads three integers back; a loop can merge and check once
 //!     tokens = out.prev_sample;
 //! }
-//! let tokens: Vec<i64> = tokens.into_data().convert::<i64>().to_vec().unwrap();
+//! let tokens: Vec<i64> = tokens.into_data().convert::<i64>().try_to_vec().unwrap();
 //! assert!(tokens.iter().all(|&t| t < codebook as i64));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use burn::tensor::{Bool, DType, Int, Tensor};
-use editmgt_core::select::kth_smallest;
+use editmgt_core::select::{default_int, kth_smallest};
 
 use crate::noise::StepNoise;
 use crate::schedule::check_starting_ratio;
@@ -140,7 +140,7 @@ impl Faults {
             .try_into_data()
             .map_err(|e| SamplerError::Readback(format!("{e:?}")))?
             .convert::<i64>()
-            .to_vec::<i64>()
+            .try_to_vec::<i64>()
             .map_err(|e| SamplerError::Readback(format!("{e:?}")))?;
         Self::from_values(&values, positions, codebook)
     }
@@ -340,7 +340,11 @@ impl Sampler {
 
         let device = input.logits.device();
         let mask = i64::from(self.mask_token_id);
-        let sample = input.sample;
+        let sample = default_int(input.sample);
+        let hold = hold.map(|h| RegionHold {
+            reference: default_int(h.reference),
+            ..h
+        });
         let unknown = sample.clone().equal_elem(mask);
         let held = hold.as_ref().map(|h| {
             unknown
@@ -414,7 +418,7 @@ impl Sampler {
         let gumbel = input.noise.gumbel.expect("checked above");
         let confidence = (q.clamp_min(MIN_PROBABILITY).log() + gumbel * temperature)
             .mask_fill(unknown.clone().bool_not(), f32::INFINITY);
-        let unknown_count = unknown.int().sum_dim(1); // [B, 1]
+        let unknown_count = default_int(unknown.int().sum_dim(1)); // [B, 1]
         let mask_lens = match mask_lens {
             MaskLens::All(n) => Tensor::<2, Int>::full([batch, 1], n.max(1) as i64, &device),
             MaskLens::PerRow(ns) => Tensor::<2, Int>::from_data(
@@ -498,8 +502,8 @@ fn check_dims(
 fn first_position(mask: Tensor<2, Bool>, values: Option<Tensor<2, Int>>) -> Tensor<1, Int> {
     let [b, l] = mask.dims();
     let flat = mask.reshape([b * l]);
-    let any = flat.clone().any().int(); // [1]
-    let index = flat.int().argmax(0); // [1]
+    let any = default_int(flat.clone().any().int()); // [1]
+    let index = default_int(flat.int().argmax(0)); // [1]
     let value = match values {
         Some(v) => v.reshape([b * l]).gather(0, index.clone()) * any.clone(),
         None => any.clone() * 0,
@@ -535,9 +539,7 @@ impl Block {
             .clone()
             .lower_equal(target.expand([b, c, n]))
             .bool_and(cumulative.lower(total.expand([b, c, n])));
-        let sampled = below
-            .int()
-            .sum_dim(1)
+        let sampled = default_int(below.int().sum_dim(1))
             .clamp_max(codebook as i64 - 1)
             .reshape([b, n]);
         let mut pred = self.sample.mask_where(self.unknown.clone(), sampled);

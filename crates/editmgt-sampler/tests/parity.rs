@@ -116,7 +116,7 @@ fn ints(data: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
 }
 
 fn read(t: Tensor<2, Int>) -> Vec<i64> {
-    t.into_data().convert::<i64>().to_vec().expect("tokens")
+    t.into_data().convert::<i64>().try_to_vec().expect("tokens")
 }
 
 /// The step's outputs read back: `(prev_sample, pred_original_sample)`.

@@ -37,7 +37,7 @@ fn ints(data: Vec<i64>, shape: [usize; 2], device: &Device) -> Tensor<2, Int> {
 }
 
 fn read_ints(t: Tensor<2, Int>) -> Vec<i64> {
-    t.into_data().convert::<i64>().to_vec().unwrap()
+    t.into_data().convert::<i64>().try_to_vec().unwrap()
 }
 
 fn masked(tokens: &[i64]) -> usize {

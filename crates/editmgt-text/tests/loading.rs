@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Device};
+use burn::tensor::DType;
 use editmgt_core::shapes::parameter_count;
 use editmgt_core::{FloatType, LoadError};
 use editmgt_testkit::weights::{read_f32_safetensors, write_safetensors};

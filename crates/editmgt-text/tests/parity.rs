@@ -1,7 +1,6 @@
 //! Parity with the PyTorch reference on the tiny model (`cases/text.safetensors`): token ids
 //! identical, float outputs within 1e-4 of each tensor's max abs value.
 
-use burn::tensor::Device;
 use editmgt_core::FloatType;
 use editmgt_testkit::{Case, assert_close, model_dir, to_f32_vec};
 use editmgt_text::{

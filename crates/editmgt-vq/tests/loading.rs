@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use editmgt_core::shapes::parameter_count;
 use editmgt_core::{FloatType, LoadError};
 use editmgt_testkit::weights::{Tensors, read_f32_safetensors, write_safetensors};
