@@ -133,9 +133,20 @@ pub fn consolidate(
             });
         }
     }
-    let mut sum = maps[0].clone();
+    // The maps are summed as deviations from one centre per batch item (the mean of its first
+    // map), which is added back once at the end. The scores are rescaled to [0, 1] next, which
+    // divides their spread (a small fraction of their size: attention is spread thinly over the
+    // image tokens) by itself; summing the raw values in f32 would amplify rounding errors by
+    // their size over their spread. This way the deviations are summed at the precision of the
+    // spread and each score is rounded to f32 once, as an exact mean would be.
+    let centre = maps[0]
+        .clone()
+        .reshape([batch, text_rows * tokens])
+        .mean_dim(1)
+        .reshape([batch, 1, 1]);
+    let mut deviations = maps[0].clone() - centre.clone();
     for map in &maps[1..] {
-        sum = sum + map.clone();
+        deviations = deviations + (map.clone() - centre.clone());
     }
     let per_row = match (&rows.weights, rows.text_rows) {
         (Some(weights), Some(t)) => {
@@ -147,15 +158,11 @@ pub fn consolidate(
                 });
             }
             // [B, 1, T] x [B, T, N]
-            weights
-                .clone()
-                .unsqueeze_dim::<3>(1)
-                .matmul(sum)
-                .reshape([batch, tokens])
+            weights.clone().unsqueeze_dim::<3>(1).matmul(deviations)
         }
-        _ => sum.mean_dim(1).reshape([batch, tokens]),
+        _ => deviations.mean_dim(1),
     };
-    let scores = per_row / maps.len() as f32;
+    let scores = per_row / maps.len() as f32 + centre;
     Ok(ScoreMap::new(scores.reshape([batch, height, width])))
 }
 
@@ -286,5 +293,61 @@ mod tests {
         ));
         let wrong = TextRows::same(&[0], 1, 2, &device).unwrap();
         assert!(consolidate(&[a], &wrong, 2, 2).is_err());
+    }
+}
+
+#[cfg(test)]
+mod precision {
+    use super::*;
+
+    /// Attention spread thinly over the image tokens (values ~1/N, spread a few percent of that):
+    /// the rescaled consolidation must stay close to an f64 computation.
+    #[test]
+    fn rescaled_scores_keep_their_precision() {
+        let device = Device::flex();
+        let (blocks, b, t, n) = (2, 1, 256, 1024);
+        let mut state = 1u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 40) as f64 / (1u64 << 24) as f64
+        };
+        let data: Vec<Vec<f32>> = (0..blocks)
+            .map(|_| {
+                (0..b * t * n)
+                    .map(|_| ((1.0 + 0.03 * next()) / 1280.0) as f32)
+                    .collect()
+            })
+            .collect();
+        let maps: Vec<Tensor<3>> = data
+            .iter()
+            .map(|d| Tensor::from_data(TensorData::new(d.clone(), [b, t, n]), &device))
+            .collect();
+        let ours = consolidate(&maps, &TextRows::all(), 32, 32)
+            .unwrap()
+            .rescale()
+            .to_vec()
+            .unwrap();
+        let mut exact = vec![0f64; n];
+        for d in &data {
+            for row in d.chunks_exact(n) {
+                for (e, &v) in exact.iter_mut().zip(row) {
+                    *e += f64::from(v);
+                }
+            }
+        }
+        let (lo, hi) = exact
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        let worst = ours
+            .iter()
+            .zip(&exact)
+            .map(|(&o, &e)| {
+                let exact = (e - lo) / (hi - lo + 1e-8 * (blocks * t) as f64);
+                (f64::from(o) - exact).abs()
+            })
+            .fold(0f64, f64::max);
+        assert!(worst < 2e-6, "worst rescaled error {worst:e}");
     }
 }

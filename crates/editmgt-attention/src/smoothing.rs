@@ -7,9 +7,9 @@
 //!   `int(4 sigma + 0.5)`, 6 for sigma 1.5) is separable: `G_h X G_w^T` with the `n x n`
 //!   matrices of [`reflect_filter_matrix`] for the normalised Gaussian kernel.
 //! - `scipy.ndimage.generic_filter(x, np.var, size=5)` (mode "reflect") is the population
-//!   variance of each 5x5 window, `mean(x^2) - mean(x)^2` over the window, with box-filter
-//!   matrices; the grid is first centred on its own mean, which leaves the variance unchanged and
-//!   keeps the `f32` difference accurate.
+//!   variance of each 5x5 window, computed in two passes (window mean, then mean squared
+//!   deviation) over the 25 reflected shifts of the grid, gathered with index tensors prepared
+//!   once.
 //! - `np.percentile(x, 90)` (linear interpolation) only decides which values are peaks,
 //!   `x > percentile`. With `k = floor(0.9 (N - 1))` and the sorted values `s`, the percentile lies
 //!   in `[s_k, s_(k+1))`, strictly above `s_k` unless it equals it, and no value lies strictly
@@ -20,7 +20,7 @@
 //! repeated as often as needed, so grids smaller than the filter radius work too. Results agree
 //! with the reference to float32 rounding (it accumulates the filters in `f64`).
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use editmgt_core::select::kth_smallest_const;
 
 use crate::{AttentionError, ScoreMap};
@@ -84,7 +84,6 @@ impl AdaptiveSmoothing {
             return Err(AttentionError::empty("score grid"));
         }
         let kernel = gaussian_kernel(self.sigma());
-        let boxed = vec![1.0; VARIANCE_WINDOW / 2 + 1];
         let matrix = |n: usize, half: &[f64], scale: f64| {
             Tensor::<2>::from_data(
                 TensorData::new(
@@ -97,15 +96,14 @@ impl AdaptiveSmoothing {
                 device,
             )
         };
-        let window = 1.0 / VARIANCE_WINDOW as f64;
         Ok(Smoother {
             settings: *self,
             height,
             width,
             gaussian_rows: matrix(height, &kernel, 1.0),
             gaussian_cols_t: matrix(width, &kernel, 1.0).transpose(),
-            box_rows: matrix(height, &boxed, window),
-            box_cols_t: matrix(width, &boxed, window).transpose(),
+            window_rows: window_offsets(height, device),
+            window_cols: window_offsets(width, device),
         })
     }
 
@@ -132,8 +130,24 @@ pub struct Smoother {
     width: usize,
     gaussian_rows: Tensor<2>,
     gaussian_cols_t: Tensor<2>,
-    box_rows: Tensor<2>,
-    box_cols_t: Tensor<2>,
+    /// Per offset of the variance window, the reflected source row (column) of each row
+    /// (column).
+    window_rows: Vec<Tensor<1, Int>>,
+    window_cols: Vec<Tensor<1, Int>>,
+}
+
+/// For each offset `-r..=r` of the variance window, the reflected index of every position of a
+/// line of `n`.
+fn window_offsets(n: usize, device: &Device) -> Vec<Tensor<1, Int>> {
+    let half = (VARIANCE_WINDOW / 2) as isize;
+    (-half..=half)
+        .map(|d| {
+            let idx: Vec<i64> = (0..n)
+                .map(|i| reflect_index(i as isize + d, n) as i64)
+                .collect();
+            Tensor::from_data(TensorData::new(idx, [n]), device)
+        })
+        .collect()
 }
 
 impl Smoother {
@@ -167,11 +181,31 @@ impl Smoother {
         let flat = |t: Tensor<3>| t.reshape([b, n]);
 
         let g = flat(self.filter(&self.gaussian_rows, &self.gaussian_cols_t, x.clone()));
-        // Local variance of the grid centred on its mean.
-        let centred = x.clone() - x.clone().reshape([b, n]).mean_dim(1).unsqueeze_dim::<3>(2);
-        let mean = self.filter(&self.box_rows, &self.box_cols_t, centred.clone());
-        let mean_sq = self.filter(&self.box_rows, &self.box_cols_t, centred.clone() * centred);
-        let v = flat(mean_sq - mean.clone() * mean).clamp_min(0.0);
+        // Local variance over the window, in two passes as NumPy computes it (a one-pass
+        // `E[x^2] - E[x]^2` loses the small variances of flat regions to cancellation).
+        let mut shifted = Vec::with_capacity(VARIANCE_WINDOW * VARIANCE_WINDOW);
+        for rows in &self.window_rows {
+            let by_row = x.clone().select(1, rows.clone());
+            for cols in &self.window_cols {
+                shifted.push(by_row.clone().select(2, cols.clone()));
+            }
+        }
+        let count = shifted.len() as f32;
+        let mut sum = shifted[0].clone();
+        for t in &shifted[1..] {
+            sum = sum + t.clone();
+        }
+        let mean = sum / count;
+        let mut squares: Option<Tensor<3>> = None;
+        for t in shifted {
+            let d = t - mean.clone();
+            let sq = d.clone() * d;
+            squares = Some(match squares {
+                Some(acc) => acc + sq,
+                None => sq,
+            });
+        }
+        let v = flat(squares.expect("a 5x5 window") / count);
         let v = crate::rescale_rows(v);
         let x = flat(x);
         let weight = (v * VARIANCE_WEIGHT).neg() + 1.0;

@@ -136,3 +136,55 @@ fn batched_smoothing_equals_per_item() {
         );
     }
 }
+
+/// The reference's captured maps (`cases/mgt.safetensors`, head-averaged text-to-image attention
+/// of two blocks) consolidated and rescaled on the device agree with the same computation in
+/// `f64` on the host.
+#[test]
+fn consolidating_captured_maps_keeps_precision() {
+    use burn::tensor::{Tensor, TensorData};
+    use editmgt_attention::{TextRows, consolidate};
+
+    let device = device();
+    let case = Case::open("mgt");
+    let names: Vec<String> = case
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("edit.text_to_image_headmean.block"))
+        .collect();
+    assert!(!names.is_empty(), "mgt fixture has no captured maps");
+    let maps: Vec<_> = names.iter().map(|n| case.f32(n)).collect();
+    let [b, t, n] = maps[0].shape[..] else {
+        panic!("captured maps are [B, T, N]")
+    };
+    let s = side(n);
+    let tensors: Vec<Tensor<3>> = maps
+        .iter()
+        .map(|m| Tensor::from_data(TensorData::new(m.data.clone(), [b, t, n]), &device))
+        .collect();
+    let ours = consolidate(&tensors, &TextRows::all(), s, s)
+        .unwrap()
+        .rescale()
+        .to_vec()
+        .unwrap();
+    let mut expected = Vec::new();
+    for item in 0..b {
+        let mut sums = vec![0f64; n];
+        for m in &maps {
+            for row in m.data[item * t * n..(item + 1) * t * n].chunks_exact(n) {
+                for (acc, &v) in sums.iter_mut().zip(row) {
+                    *acc += f64::from(v);
+                }
+            }
+        }
+        let means: Vec<f32> = sums
+            .iter()
+            .map(|v| (v / (maps.len() * t) as f64) as f32)
+            .collect();
+        let (lo, hi) = means
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        expected.extend(means.iter().map(|v| (v - lo) / ((hi - lo) + 1e-8)));
+    }
+    assert_close("rescaled consolidation of captured maps", &ours, &expected, TOLERANCE);
+}
