@@ -109,4 +109,16 @@ impl TimeTextEmbedding {
             Tensor::<2>::from_data(TensorData::new(embedding, [1, dim]), (device, dtype));
         self.timestep_embedder.forward(embedding)
     }
+
+    /// The timestep part for one step index per batch row: `[B, dim]` in `dtype`.
+    pub fn timesteps(&self, steps: &[f32], dtype: DType, device: &Device) -> Tensor<2> {
+        let dim = crate::config::TIMESTEP_EMBED_DIM;
+        let rows: Vec<f32> = steps
+            .iter()
+            .flat_map(|t| sinusoid_host(t * 1000.0, dim))
+            .collect();
+        let embedding =
+            Tensor::<2>::from_data(TensorData::new(rows, [steps.len(), dim]), (device, dtype));
+        self.timestep_embedder.forward(embedding)
+    }
 }

@@ -37,9 +37,11 @@ mod editor;
 mod error;
 #[cfg(feature = "hub")]
 mod hub;
+mod adapter;
 mod mask;
 mod request;
 
+pub use adapter::LoraOptions;
 pub use device::DeviceSpec;
 pub use editor::{
     EditOutput, Editor, EditorOptions, Flow, GenerateOutput, Hooks, StepEvent, TextEncoders,
@@ -51,6 +53,7 @@ pub use request::{DEFAULT_NEGATIVE_PROMPT, EditRequest, GenerateRequest, RegionH
 pub use burn::tensor::Device;
 pub use editmgt_attention::ScoreMap;
 pub use editmgt_core::FloatType;
+pub use editmgt_mgt::LoraStreams;
 pub use editmgt_sampler::{NoiseSource, ReplayNoise, SeededNoise, Temperature};
 pub use image::{GrayImage, RgbImage};
 
