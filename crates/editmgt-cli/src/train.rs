@@ -4,13 +4,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use editmgt_mgt::{LoraStreams, MgtTransformer};
 use editmgt_pipeline::{DeviceSpec, FloatType};
-use editmgt_train::data::{PrepareOptions, PreparedDataset, Skipped, prepare as prepare_data, read_manifest};
+use editmgt_train::data::{
+    PrepareOptions, PreparedDataset, Skipped, prepare as prepare_data, read_manifest,
+};
 use editmgt_train::lora::{adapter_config, save_adapter};
 use editmgt_train::{
-    EmaConfig, LoraConfig, OptimizerConfig, TrainConfig, TrainRun, Trainer, data::shards::INDEX_FILE,
+    EmaConfig, LoraConfig, OptimizerConfig, TrainConfig, TrainRun, Trainer,
+    data::shards::INDEX_FILE,
 };
-use editmgt_mgt::{LoraStreams, MgtTransformer};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::run::AnyError;
@@ -188,7 +191,14 @@ pub fn prepare(args: PrepareArgs) -> Result<(), AnyError> {
         shard_size: args.shard_size,
         ..PrepareOptions::default()
     };
-    run_prepare(&manifest_path(&args.data), &args.model, &args.out, &args.device, &options, args.quiet)
+    run_prepare(
+        &manifest_path(&args.data),
+        &args.model,
+        &args.out,
+        &args.device,
+        &options,
+        args.quiet,
+    )
 }
 
 fn config(args: &TrainArgs) -> TrainConfig {
@@ -259,7 +269,14 @@ pub fn train(args: TrainArgs) -> Result<(), AnyError> {
                 ..PrepareOptions::default()
             };
             let first = args.device.first().cloned().unwrap_or(DeviceSpec::Cpu);
-            run_prepare(&manifest_path(&args.data), &args.model, &prepared, &first, &options, args.quiet)?;
+            run_prepare(
+                &manifest_path(&args.data),
+                &args.model,
+                &prepared,
+                &first,
+                &options,
+                args.quiet,
+            )?;
         }
         prepared
     };
@@ -296,7 +313,9 @@ pub fn train(args: TrainArgs) -> Result<(), AnyError> {
         }
     }
     bar.finish_and_clear();
-    let last = args.out.join(format!("checkpoint-{}", run.trainer().step()));
+    let last = args
+        .out
+        .join(format!("checkpoint-{}", run.trainer().step()));
     run.save(&last)?;
     let result = export(run.trainer(), &args.out)?;
     if !args.quiet {

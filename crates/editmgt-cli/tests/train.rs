@@ -56,8 +56,17 @@ fn trains_a_lora_adapter_from_a_manifest_and_edits_with_it() {
         .arg("--out")
         .arg(&out)
         .args([
-            "--resolution", "128", "--steps", "3", "--batch", "2", "--lora-rank", "2",
-            "--lr", "1e-3", "--quiet",
+            "--resolution",
+            "128",
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--lora-rank",
+            "2",
+            "--lr",
+            "1e-3",
+            "--quiet",
         ]));
     assert!(ok, "stderr: {stderr}");
     // The two bad records are reported and skipped.
@@ -65,7 +74,10 @@ fn trains_a_lora_adapter_from_a_manifest_and_edits_with_it() {
     assert!(stderr.contains("missing field `target`"), "{stderr}");
     assert!(out.join("adapter/adapter_model.safetensors").is_file());
     assert!(out.join("adapter/adapter_config.json").is_file());
-    assert!(out.join("checkpoint-3/training_state.safetensors").is_file());
+    assert!(
+        out.join("checkpoint-3/training_state.safetensors")
+            .is_file()
+    );
 
     // Resume to step 4.
     let (ok, stderr) = run(editmgt()
@@ -77,9 +89,20 @@ fn trains_a_lora_adapter_from_a_manifest_and_edits_with_it() {
         .arg(&out)
         .arg("--resume")
         .arg(out.join("checkpoint-3"))
-        .args(["--steps", "4", "--batch", "2", "--lora-rank", "2", "--quiet"]));
+        .args([
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--lora-rank",
+            "2",
+            "--quiet",
+        ]));
     assert!(ok, "stderr: {stderr}");
-    assert!(out.join("checkpoint-4/training_state.safetensors").is_file());
+    assert!(
+        out.join("checkpoint-4/training_state.safetensors")
+            .is_file()
+    );
 
     let edited = tmp.path().join("edited.png");
     let (ok, stderr) = run(editmgt()

@@ -270,19 +270,33 @@ impl DoubleStreamAttention {
             ctx,
             (
                 &text,
-                Projection::new(&self.add_q_proj, adapter("add_q_proj"), Some(&self.norm_added_q)),
+                Projection::new(
+                    &self.add_q_proj,
+                    adapter("add_q_proj"),
+                    Some(&self.norm_added_q),
+                ),
                 text_rows,
             ),
-            (&image, Projection::new(&self.to_q, adapter("to_q"), Some(&self.norm_q))),
+            (
+                &image,
+                Projection::new(&self.to_q, adapter("to_q"), Some(&self.norm_q)),
+            ),
         );
         let k = project_joint(
             ctx,
             (
                 &text,
-                Projection::new(&self.add_k_proj, adapter("add_k_proj"), Some(&self.norm_added_k)),
+                Projection::new(
+                    &self.add_k_proj,
+                    adapter("add_k_proj"),
+                    Some(&self.norm_added_k),
+                ),
                 text_rows,
             ),
-            (&image, Projection::new(&self.to_k, adapter("to_k"), Some(&self.norm_k))),
+            (
+                &image,
+                Projection::new(&self.to_k, adapter("to_k"), Some(&self.norm_k)),
+            ),
         );
         let v = project_joint(
             ctx,

@@ -87,6 +87,6 @@ pub use config::{Connector, MgtConfig, TextEncoderArchitecture};
 pub use editmgt_core::FloatType;
 pub use error::MgtError;
 pub use lora::{AttentionLora, LoraAdapter, LoraStreams};
-pub use peft::{AdapterConfig, PeftAdapter};
 pub use model::{MgtInput, MgtOutput, MgtTransformer};
+pub use peft::{AdapterConfig, PeftAdapter};
 pub use rotary::{Positions, RotaryTable};

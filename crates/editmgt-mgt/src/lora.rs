@@ -174,7 +174,10 @@ impl AttentionLora {
 }
 
 /// The adapter `name` of an attention's adapters, if any.
-pub(crate) fn adapter_of<'a>(lora: Option<&'a AttentionLora>, name: &str) -> Option<&'a LoraAdapter> {
+pub(crate) fn adapter_of<'a>(
+    lora: Option<&'a AttentionLora>,
+    name: &str,
+) -> Option<&'a LoraAdapter> {
     lora.and_then(|l| l.get(name))
 }
 

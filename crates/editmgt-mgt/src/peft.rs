@@ -83,12 +83,7 @@ fn error(path: &Path, reason: impl Into<String>) -> MgtError {
 /// Strips the prefixes peft and diffusers put before module names, and peft's adapter name.
 fn normalise_name(name: &str) -> String {
     let mut n = name;
-    for prefix in [
-        "base_model.model.",
-        "unet.",
-        "transformer.",
-        "_orig_mod.",
-    ] {
+    for prefix in ["base_model.model.", "unet.", "transformer.", "_orig_mod."] {
         if let Some(rest) = n.strip_prefix(prefix) {
             n = rest;
         }
@@ -130,8 +125,12 @@ impl PeftAdapter {
                 .unwrap_or_else(|| dir.join(names[0]))
         };
         let config_path = pick([ADAPTER_CONFIG, "lora_config.json"]);
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| error(&config_path, format!("cannot read the adapter configuration: {e}")))?;
+        let text = std::fs::read_to_string(&config_path).map_err(|e| {
+            error(
+                &config_path,
+                format!("cannot read the adapter configuration: {e}"),
+            )
+        })?;
         let config: AdapterConfig = serde_json::from_str(&text)
             .map_err(|e| error(&config_path, format!("bad adapter configuration: {e}")))?;
         if config.r == 0 || !(config.lora_alpha.is_finite() && config.lora_alpha > 0.0) {
@@ -170,7 +169,10 @@ impl PeftAdapter {
         let mut factors = BTreeMap::new();
         for (module, (a_shape, a)) in a_parts {
             let (b_shape, b) = b_parts.remove(&module).ok_or_else(|| {
-                error(&path, format!("`{module}.lora_B.weight` is missing (its lora_A is present)"))
+                error(
+                    &path,
+                    format!("`{module}.lora_B.weight` is missing (its lora_A is present)"),
+                )
             })?;
             factors.insert(
                 module,
@@ -199,7 +201,12 @@ impl PeftAdapter {
     }
 
     /// Attaches every adapter to `model` (on `device`), scaled by `alpha / r * scale`.
-    pub fn attach(&self, model: &mut MgtTransformer, scale: f32, device: &Device) -> Result<(), MgtError> {
+    pub fn attach(
+        &self,
+        model: &mut MgtTransformer,
+        scale: f32,
+        device: &Device,
+    ) -> Result<(), MgtError> {
         let s = self.config.scaling() * scale;
         for (module, f) in &self.factors {
             let tensor = |shape: &[usize], v: &[f32]| match shape {

@@ -57,7 +57,11 @@ pub(crate) fn apply(
         return Ok(mgt);
     };
     if !options.scale.is_finite() {
-        return Err(EditError::invalid("lora.scale", options.scale, "a finite number"));
+        return Err(EditError::invalid(
+            "lora.scale",
+            options.scale,
+            "a finite number",
+        ));
     }
     let adapter = PeftAdapter::read(&options.dir)?;
     adapter.attach(&mut mgt, options.scale, device)?;

@@ -32,12 +32,12 @@
 //!
 //! [`Device`]: burn::tensor::Device
 
+mod adapter;
 mod device;
 mod editor;
 mod error;
 #[cfg(feature = "hub")]
 mod hub;
-mod adapter;
 mod mask;
 mod request;
 

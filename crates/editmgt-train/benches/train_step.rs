@@ -30,8 +30,12 @@ fn config() -> MgtConfig {
 
 fn batch(device: &Device) -> TrainBatch {
     let cells = 64 * 64;
-    let target: Vec<i64> = (0..cells).map(|i| ((i as u64 * 2654435761) % 8192) as i64).collect();
-    let reference: Vec<i64> = (0..cells).map(|i| ((i as u64 * 40503 + 7) % 8192) as i64).collect();
+    let target: Vec<i64> = (0..cells)
+        .map(|i| ((i as u64 * 2654435761) % 8192) as i64)
+        .collect();
+    let reference: Vec<i64> = (0..cells)
+        .map(|i| ((i as u64 * 40503 + 7) % 8192) as i64)
+        .collect();
     let labels: Vec<i64> = target
         .iter()
         .enumerate()
@@ -48,7 +52,10 @@ fn batch(device: &Device) -> TrainBatch {
         &labels,
         Tensor::<3>::random([1, 256, 2304], Distribution::Normal(0.0, 1.0), device),
         Tensor::<2>::random([1, 1024], Distribution::Normal(0.0, 1.0), device),
-        Tensor::from_data(TensorData::new(vec![1024.0f32, 1024.0, 0.0, 0.0, 6.0], [1, 5]), device),
+        Tensor::from_data(
+            TensorData::new(vec![1024.0f32, 1024.0, 0.0, 0.0, 6.0], [1, 5]),
+            device,
+        ),
         vec![500.0],
     )
     .expect("batch")
@@ -57,7 +64,11 @@ fn batch(device: &Device) -> TrainBatch {
 fn peak_memory() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(str::to_string))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "VmHWM unknown".into())
 }
 

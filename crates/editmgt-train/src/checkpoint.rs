@@ -170,7 +170,11 @@ fn values(t: Tensor<1>) -> Vec<f32> {
 }
 
 /// Saves `trainer` (and `data`) to the folder `dir`.
-pub fn save_checkpoint(trainer: &Trainer, data: DataPosition, dir: &Path) -> Result<(), TrainError> {
+pub fn save_checkpoint(
+    trainer: &Trainer,
+    data: DataPosition,
+    dir: &Path,
+) -> Result<(), TrainError> {
     std::fs::create_dir_all(dir).map_err(TrainError::io(dir, "checkpoint folder"))?;
     let mut entries = Vec::new();
     for (name, value) in trainer.trained_values() {
@@ -180,8 +184,16 @@ pub fn save_checkpoint(trainer: &Trainer, data: DataPosition, dir: &Path) -> Res
     for (name, m) in &trainer.optimizer().moments {
         let a = values(m.exp_avg.clone());
         let b = values(m.exp_avg_sq.clone());
-        entries.push(Entry::f32(format!("adam.exp_avg.{name}"), vec![a.len()], &a));
-        entries.push(Entry::f32(format!("adam.exp_avg_sq.{name}"), vec![b.len()], &b));
+        entries.push(Entry::f32(
+            format!("adam.exp_avg.{name}"),
+            vec![a.len()],
+            &a,
+        ));
+        entries.push(Entry::f32(
+            format!("adam.exp_avg_sq.{name}"),
+            vec![b.len()],
+            &b,
+        ));
     }
     let mut ema_updates = 0;
     if let Some(ema) = trainer.ema() {
@@ -198,7 +210,8 @@ pub fn save_checkpoint(trainer: &Trainer, data: DataPosition, dir: &Path) -> Res
         config: trainer.config().clone(),
     };
     let path = dir.join(STATE_FILE);
-    let json = serde_json::to_string(&state).map_err(|e| TrainError::format(&path, e.to_string()))?;
+    let json =
+        serde_json::to_string(&state).map_err(|e| TrainError::format(&path, e.to_string()))?;
     let metadata = HashMap::from([("state".to_string(), json)]);
     write_safetensors(&path, &entries, Some(metadata))?;
     if let Some(lora) = &trainer.config().lora {
@@ -216,8 +229,8 @@ pub fn save_checkpoint(trainer: &Trainer, data: DataPosition, dir: &Path) -> Res
 pub fn load_checkpoint(trainer: &mut Trainer, dir: &Path) -> Result<DataPosition, TrainError> {
     let path = dir.join(STATE_FILE);
     let bytes = std::fs::read(&path).map_err(TrainError::io(&path, "checkpoint"))?;
-    let (_, header) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| TrainError::format(&path, e.to_string()))?;
+    let (_, header) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| TrainError::format(&path, e.to_string()))?;
     let json = header
         .metadata()
         .as_ref()
@@ -231,7 +244,8 @@ pub fn load_checkpoint(trainer: &mut Trainer, dir: &Path) -> Result<DataPosition
             "the checkpoint and the run differ in LoRA vs full fine-tuning",
         ));
     }
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::format(&path, e.to_string()))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| TrainError::format(&path, e.to_string()))?;
     let device: Device = trainer.devices()[0].clone();
     let tensor = |name: &str| -> Result<Tensor<1>, TrainError> {
         let view = st.tensor(name).map_err(|_| TrainError::Tensor {

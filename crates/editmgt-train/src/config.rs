@@ -6,8 +6,12 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 
 /// The parameter-name substrings the reference exempts from weight decay.
-pub const NO_DECAY_SUBSTRINGS: [&str; 4] =
-    ["bias", "layer_norm.weight", "mlm_ln.weight", "embeddings.weight"];
+pub const NO_DECAY_SUBSTRINGS: [&str; 4] = [
+    "bias",
+    "layer_norm.weight",
+    "mlm_ln.weight",
+    "embeddings.weight",
+];
 
 /// AdamW settings (PyTorch's `AdamW`, with the reference's two decay groups).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,7 +82,11 @@ impl OptimizerConfig {
             return Err(bad("eps", self.eps, "must be finite and > 0"));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(bad("weight_decay", self.weight_decay, "must be finite and >= 0"));
+            return Err(bad(
+                "weight_decay",
+                self.weight_decay,
+                "must be finite and >= 0",
+            ));
         }
         if let Some(n) = self.max_grad_norm
             && !(n.is_finite() && n > 0.0)

@@ -84,7 +84,10 @@ pub enum TrainError {
 
 impl TrainError {
     /// An [`TrainError::Io`] for `path`.
-    pub(crate) fn io(path: impl Into<PathBuf>, what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        what: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| Self::Io { path, what, source }
     }

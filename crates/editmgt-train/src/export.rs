@@ -21,7 +21,12 @@ pub fn save_transformer(model: &MgtTransformer, dir: &Path) -> Result<(), TrainE
         if info.lora || failed.is_some() {
             return;
         }
-        match value.without_autodiff().into_data().convert::<f32>().to_vec::<f32>() {
+        match value
+            .without_autodiff()
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+        {
             Ok(v) => tensors.push((info.name.clone(), info.shape.clone(), v)),
             Err(e) => failed = Some(format!("{}: {e:?}", info.name)),
         }

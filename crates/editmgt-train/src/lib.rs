@@ -20,8 +20,8 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
-pub mod export;
 mod error;
+pub mod export;
 pub mod lora;
 pub mod objective;
 pub mod optim;

@@ -93,7 +93,8 @@ pub fn save_adapter(
     crate::checkpoint::write_f32_safetensors(&file, &tensors, None)?;
     let json = serde_json::to_string_pretty(config)
         .map_err(|e| TrainError::format(dir.join(ADAPTER_CONFIG), e.to_string()))?;
-    std::fs::write(dir.join(ADAPTER_CONFIG), json)
-        .map_err(TrainError::io(dir.join(ADAPTER_CONFIG), "adapter configuration"))
+    std::fs::write(dir.join(ADAPTER_CONFIG), json).map_err(TrainError::io(
+        dir.join(ADAPTER_CONFIG),
+        "adapter configuration",
+    ))
 }
-

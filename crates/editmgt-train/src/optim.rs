@@ -45,13 +45,10 @@ impl AdamW {
     ) -> Tensor<1> {
         let (b1, b2) = config.betas;
         let t = (self.steps + 1) as i32;
-        let moments = self
-            .moments
-            .remove(name)
-            .unwrap_or_else(|| Moments {
-                exp_avg: grad.zeros_like(),
-                exp_avg_sq: grad.zeros_like(),
-            });
+        let moments = self.moments.remove(name).unwrap_or_else(|| Moments {
+            exp_avg: grad.zeros_like(),
+            exp_avg_sq: grad.zeros_like(),
+        });
         let param = if decay && config.weight_decay > 0.0 {
             param * (1.0 - lr * config.weight_decay)
         } else {

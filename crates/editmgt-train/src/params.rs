@@ -67,7 +67,11 @@ impl PathTracker {
             lora = true;
             // <block>.attn.lora.<slot>.lora_a -> <block>.attn.<target>.lora_A.weight
             let n = self.path.len();
-            let slot = self.path.get(n.wrapping_sub(2)).map(String::as_str).unwrap_or("");
+            let slot = self
+                .path
+                .get(n.wrapping_sub(2))
+                .map(String::as_str)
+                .unwrap_or("");
             let target = if slot == "to_out" { "to_out.0" } else { slot };
             let prefix = self.path[..n.saturating_sub(3)].join(".");
             let factor = if leaf == "lora_a" { "lora_A" } else { "lora_B" };

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
+use crate::TrainError;
 use crate::checkpoint::{DataPosition, load_checkpoint, save_checkpoint};
 use crate::data::{DataStream, PreparedDataset};
 use crate::objective::{Example, TrainBatch};
 use crate::rng::SplitMix64;
 use crate::trainer::{StepStats, Trainer};
-use crate::TrainError;
 
 /// The trainer, its data and the random state of masking and condition dropout.
 #[derive(Debug)]
@@ -30,11 +30,22 @@ impl<'a> TrainRun<'a> {
 
     /// A run continued from the checkpoint in `dir` (written by [`TrainRun::save`] with the
     /// same model, data and settings).
-    pub fn resume(mut trainer: Trainer, data: &'a PreparedDataset, dir: &Path) -> Result<Self, TrainError> {
+    pub fn resume(
+        mut trainer: Trainer,
+        data: &'a PreparedDataset,
+        dir: &Path,
+    ) -> Result<Self, TrainError> {
         let position = load_checkpoint(&mut trainer, dir)?;
         let seed = trainer.config().seed;
         let stream = DataStream::resume(data.examples.len(), seed, &position);
-        Self::with_state(trainer, data, stream, SplitMix64 { state: position.rng_state })
+        Self::with_state(
+            trainer,
+            data,
+            stream,
+            SplitMix64 {
+                state: position.rng_state,
+            },
+        )
     }
 
     fn with_state(
@@ -105,7 +116,8 @@ impl<'a> TrainRun<'a> {
             let mut parts = Vec::with_capacity(devices);
             for _ in 0..devices {
                 let picks = self.stream.take(config.batch_size);
-                let examples: Vec<&Example> = picks.iter().map(|&i| &self.data.examples[i]).collect();
+                let examples: Vec<&Example> =
+                    picks.iter().map(|&i| &self.data.examples[i]).collect();
                 parts.push(TrainBatch::draw(
                     &examples,
                     self.mask_id,

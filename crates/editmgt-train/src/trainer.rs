@@ -105,9 +105,12 @@ impl Trainer {
     pub fn inference_model(&self, ema: bool) -> MgtTransformer {
         let device = self.devices[0].clone();
         let shadow = self.ema.as_ref().filter(|_| ema).map(|e| &e.shadow);
-        map_params(self.model.clone(), &device, &|_: &ParamInfo| false, &mut |info, _| {
-            shadow.and_then(|s| s.get(&info.name)).cloned()
-        })
+        map_params(
+            self.model.clone(),
+            &device,
+            &|_: &ParamInfo| false,
+            &mut |info, _| shadow.and_then(|s| s.get(&info.name)).cloned(),
+        )
     }
 
     /// The configuration.
@@ -268,7 +271,10 @@ impl Trainer {
     /// One optimizer step over `micro_batches` (`config.accumulation` of them, each a list of
     /// per-device parts): the gradients of each micro-batch's mean loss are averaged (as
     /// Accelerate's accumulation does), clipped, and applied.
-    pub fn train_step(&mut self, micro_batches: &[Vec<TrainBatch>]) -> Result<StepStats, TrainError> {
+    pub fn train_step(
+        &mut self,
+        micro_batches: &[Vec<TrainBatch>],
+    ) -> Result<StepStats, TrainError> {
         if micro_batches.is_empty() {
             return Err(TrainError::Batch("no micro-batch".into()));
         }
@@ -331,7 +337,8 @@ impl Trainer {
             let grad = grads.get(&info.name)?.clone();
             let grad = if factor != 1.0 { grad * factor } else { grad };
             let value = value.without_autodiff();
-            let updated = optimizer.update(&opt, &info.name, value, grad, lr, opt.decays(&info.name));
+            let updated =
+                optimizer.update(&opt, &info.name, value, grad, lr, opt.decays(&info.name));
             if let (Some(ema), Some(decay)) = (ema.as_mut(), ema_decay) {
                 ema.update(&info.name, &updated, decay);
             }

@@ -55,7 +55,11 @@ fn saved_adapter_reads_back_in_peft_naming() {
     let model = MgtTransformer::load(&model_dir(), &device, FloatType::F32).unwrap();
     let expected = model.transformer_blocks.len() * 3 + model.single_transformer_blocks.len() * 3;
     assert_eq!(adapter.factors.len(), expected);
-    assert!(adapter.factors.contains_key("transformer_blocks.0.attn.to_q"));
+    assert!(
+        adapter
+            .factors
+            .contains_key("transformer_blocks.0.attn.to_q")
+    );
     assert_eq!(adapter.config.r, 2);
     // A missing folder is a typed error naming the file.
     let err = PeftAdapter::read(&dir.path().join("absent")).unwrap_err();
@@ -69,7 +73,9 @@ fn editor_applies_and_merges_an_adapter() {
     let image = RgbImage::from_fn(96, 80, |x, y| {
         image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 7) as u8])
     });
-    let request = EditRequest::new("make it into Ghibli style").steps(2).seed(3);
+    let request = EditRequest::new("make it into Ghibli style")
+        .steps(2)
+        .seed(3);
     let edit = |lora: Option<LoraOptions>| {
         let options = EditorOptions {
             resolution: 128,
@@ -85,14 +91,19 @@ fn editor_applies_and_merges_an_adapter() {
         merge: true,
         ..LoraOptions::new(dir.path())
     }));
-    let same = |a: &[u32], b: &[u32]| a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+    let same = |a: &[u32], b: &[u32]| {
+        a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
+    };
     println!(
         "adapter: {:.1}% of tokens as without it; merged vs applied {:.1}% identical",
         same(&applied, &plain) * 100.0,
         same(&merged, &applied) * 100.0
     );
     assert!(same(&applied, &plain) < 0.9, "the adapter changes the edit");
-    assert!(same(&merged, &applied) >= 0.99, "merged weights edit like the applied adapter");
+    assert!(
+        same(&merged, &applied) >= 0.99,
+        "merged weights edit like the applied adapter"
+    );
     // Merging a reference-only adapter is refused.
     let options = EditorOptions {
         resolution: 128,

@@ -76,7 +76,9 @@ fn check_step(case: &Case, prefix: &str, trainer: &mut Trainer, device: &Device)
         batch.masked_count(),
         "batch.mask and batch.labels disagree"
     );
-    let (loss, grads) = trainer.micro_step(std::slice::from_ref(&batch), 1.0).expect("step");
+    let (loss, grads) = trainer
+        .micro_step(std::slice::from_ref(&batch), 1.0)
+        .expect("step");
     let expected_loss = case.f32(&format!("{prefix}.loss")).data[0];
     let rel = (loss - expected_loss).abs() / expected_loss.abs();
     println!("parity {prefix}.loss: {loss} vs {expected_loss}, relative error {rel:.3e}");
@@ -105,7 +107,10 @@ fn check_step(case: &Case, prefix: &str, trainer: &mut Trainer, device: &Device)
             GRAD_TOL,
         ));
     }
-    println!("parity {prefix}: worst gradient error {worst:.3e} over {} tensors", expected_names.len());
+    println!(
+        "parity {prefix}: worst gradient error {worst:.3e} over {} tensors",
+        expected_names.len()
+    );
 
     let (norm, _) = trainer.apply(grads).expect("apply");
     let expected_norm = case.f32(&format!("{prefix}.grad_norm")).data[0] as f64;
@@ -120,9 +125,16 @@ fn check_step(case: &Case, prefix: &str, trainer: &mut Trainer, device: &Device)
         let expected = case.f32(&format!("{prefix}.step1.{name}")).data;
         let actual = to_f32_vec(values[name].clone());
         assert_eq!(actual.len(), expected.len(), "{prefix}.step1.{name}: size");
-        let diffs: Vec<f32> = actual.iter().zip(&expected).map(|(a, e)| (a - e).abs()).collect();
+        let diffs: Vec<f32> = actual
+            .iter()
+            .zip(&expected)
+            .map(|(a, e)| (a - e).abs())
+            .collect();
         let close = diffs.iter().filter(|d| **d <= STEP_CLOSE).count() as f64 / diffs.len() as f64;
-        let max = diffs.iter().fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(*d) });
+        let max = diffs.iter().fold(
+            0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(*d) },
+        );
         worst_share = worst_share.min(close);
         worst_abs = worst_abs.max(max);
         assert!(
@@ -145,8 +157,11 @@ fn full_fine_tuning_step_matches_the_reference() {
         optimizer: optimizer_config(&case.meta),
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(tiny_model(&device), config, &[device.clone()]).expect("trainer");
-    let count = case.meta["full_parameters"].as_u64().expect("full_parameters") as usize;
+    let mut trainer =
+        Trainer::new(tiny_model(&device), config, &[device.clone()]).expect("trainer");
+    let count = case.meta["full_parameters"]
+        .as_u64()
+        .expect("full_parameters") as usize;
     assert_eq!(trainer.param_infos().len(), count, "parameter count");
 
     // The logits of the training forward match too.
@@ -189,8 +204,15 @@ fn lora_step_matches_the_reference() {
             factors.insert(module.to_string(), (a, b));
         }
     }
-    let listed = lora["parameters"].as_array().expect("lora.parameters").len();
-    assert_eq!(factors.len() * 2, listed, "every listed factor has a starting value");
+    let listed = lora["parameters"]
+        .as_array()
+        .expect("lora.parameters")
+        .len();
+    assert_eq!(
+        factors.len() * 2,
+        listed,
+        "every listed factor has a starting value"
+    );
     attach_factors(&mut model, &factors, scaling).expect("attach");
     let config = TrainConfig {
         optimizer: optimizer_config(&case.meta),
@@ -221,11 +243,18 @@ fn fixture_batch_follows_the_masking_rules() {
     for i in 0..b {
         let row = &mask.data[i * len..(i + 1) * len];
         let n = row.iter().filter(|&&m| m == 1).count();
-        assert_eq!(n, editmgt_train::objective::masked_count(len, ratios[i] as f64));
+        assert_eq!(
+            n,
+            editmgt_train::objective::masked_count(len, ratios[i] as f64)
+        );
         assert!((timesteps[i] - ratios[i] * 1000.0).abs() <= 1e-3);
         for j in 0..len {
             let k = i * len + j;
-            let expected = if row[j] == 1 { tokens.data[k] } else { editmgt_train::objective::IGNORE };
+            let expected = if row[j] == 1 {
+                tokens.data[k]
+            } else {
+                editmgt_train::objective::IGNORE
+            };
             assert_eq!(labels[k], expected);
         }
     }

@@ -15,7 +15,13 @@ fn tiny_model(device: &Device) -> MgtTransformer {
 }
 
 /// `count` random edit pairs for `model` on a `side x side` grid with `text_len` text rows.
-fn synthetic(model: &MgtTransformer, count: usize, side: usize, text_len: usize, seed: u64) -> PreparedDataset {
+fn synthetic(
+    model: &MgtTransformer,
+    count: usize,
+    side: usize,
+    text_len: usize,
+    seed: u64,
+) -> PreparedDataset {
     let config = model.config();
     let mut rng = SplitMix64::new(seed);
     let codebook = config.codebook_size;
@@ -41,8 +47,12 @@ fn synthetic(model: &MgtTransformer, count: usize, side: usize, text_len: usize,
     let examples = examples
         .into_iter()
         .map(|mut e| {
-            e.target = (0..side * side).map(|_| rng.below(codebook) as i64).collect();
-            e.reference = (0..side * side).map(|_| rng.below(codebook) as i64).collect();
+            e.target = (0..side * side)
+                .map(|_| rng.below(codebook) as i64)
+                .collect();
+            e.reference = (0..side * side)
+                .map(|_| rng.below(codebook) as i64)
+                .collect();
             e
         })
         .collect::<Vec<_>>();
@@ -87,8 +97,15 @@ fn tiny_model_overfits_a_few_pairs() {
     let head: f32 = losses[..5].iter().sum::<f32>() / 5.0;
     let tail: f32 = losses[losses.len() - 5..].iter().sum::<f32>() / 5.0;
     let drop = 1.0 - tail / head;
-    println!("over-fit: mean loss of the first 5 steps {head:.4}, of the last 5 {tail:.4}: drop {:.1}%", drop * 100.0);
-    assert!(drop >= 0.9, "loss fell by {:.1}% only ({losses:?})", drop * 100.0);
+    println!(
+        "over-fit: mean loss of the first 5 steps {head:.4}, of the last 5 {tail:.4}: drop {:.1}%",
+        drop * 100.0
+    );
+    assert!(
+        drop >= 0.9,
+        "loss fell by {:.1}% only ({losses:?})",
+        drop * 100.0
+    );
 }
 
 fn values(trainer: &Trainer) -> Vec<f32> {
@@ -115,7 +132,8 @@ fn resume_equals_an_uninterrupted_run() {
             });
         }
         let straight = {
-            let trainer = Trainer::new(tiny_model(&device), cfg.clone(), &[device.clone()]).unwrap();
+            let trainer =
+                Trainer::new(tiny_model(&device), cfg.clone(), &[device.clone()]).unwrap();
             let mut run = TrainRun::new(trainer, &data).unwrap();
             for _ in 0..4 {
                 run.step().unwrap();
@@ -124,7 +142,8 @@ fn resume_equals_an_uninterrupted_run() {
         };
         let dir = tempfile::tempdir().unwrap();
         {
-            let trainer = Trainer::new(tiny_model(&device), cfg.clone(), &[device.clone()]).unwrap();
+            let trainer =
+                Trainer::new(tiny_model(&device), cfg.clone(), &[device.clone()]).unwrap();
             let mut run = TrainRun::new(trainer, &data).unwrap();
             run.step().unwrap();
             run.step().unwrap();
@@ -141,7 +160,10 @@ fn resume_equals_an_uninterrupted_run() {
             .iter()
             .zip(&resumed)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        println!("resume (lora {lora}): max abs difference {max:e} over {} values", straight.len());
+        println!(
+            "resume (lora {lora}): max abs difference {max:e} over {} values",
+            straight.len()
+        );
         assert!(max <= 1e-7, "resumed run differs by {max}");
         drop(model);
     }
@@ -165,10 +187,16 @@ fn two_devices_equal_one_device_with_the_doubled_batch() {
     };
     let (s2, v2) = run_with(two, vec![Device::flex(), Device::flex()]);
     let (s1, v1) = run_with(one, vec![Device::flex()]);
-    println!("data parallel: loss {} vs {}, grad norm {} vs {}", s2.loss, s1.loss, s2.grad_norm, s1.grad_norm);
+    println!(
+        "data parallel: loss {} vs {}, grad norm {} vs {}",
+        s2.loss, s1.loss, s2.grad_norm, s1.grad_norm
+    );
     assert!((s2.loss - s1.loss).abs() <= 1e-5 * s1.loss.abs());
     assert!((s2.grad_norm - s1.grad_norm).abs() <= 1e-4 * s1.grad_norm);
-    let max = v1.iter().zip(&v2).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let max = v1
+        .iter()
+        .zip(&v2)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     println!("data parallel: max abs weight difference {max:e}");
     assert!(max <= 1e-6);
 }
@@ -203,17 +231,29 @@ fn lora_streams_and_merging() {
         &device,
     )
     .unwrap();
-    let logits = |m: &MgtTransformer| to_f32_vec(editmgt_train::objective::logits(m, &batch).unwrap());
+    let logits =
+        |m: &MgtTransformer| to_f32_vec(editmgt_train::objective::logits(m, &batch).unwrap());
     let base = logits(&tiny_model(&device));
     let adapted = logits(&trained);
     let merged_model = trained.clone().merge_adapters().unwrap();
     assert!(merged_model.adapters().is_empty());
     let merged = logits(&merged_model);
     let scale = adapted.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
-    println!("lora: adapted vs base {:.3e}, merged vs adapted {:.3e}", diff(&adapted, &base), diff(&merged, &adapted));
-    assert!(diff(&adapted, &base) > 1e-4, "the adapter changes the output");
-    assert!(diff(&merged, &adapted) <= 1e-5, "merged weights equal the adapters");
+    let diff =
+        |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+    println!(
+        "lora: adapted vs base {:.3e}, merged vs adapted {:.3e}",
+        diff(&adapted, &base),
+        diff(&merged, &adapted)
+    );
+    assert!(
+        diff(&adapted, &base) > 1e-4,
+        "the adapter changes the output"
+    );
+    assert!(
+        diff(&merged, &adapted) <= 1e-5,
+        "merged weights equal the adapters"
+    );
 
     // Reference-only adapters cannot be merged.
     let mut reference_only = trained.clone();

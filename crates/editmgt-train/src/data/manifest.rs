@@ -79,5 +79,9 @@ fn parse_line(line: &str, base: &Path) -> Result<(ImageSource, String, ImageSour
         }
         Ok(ImageSource::Path(base.join(p)))
     };
-    Ok((path("source")?, field("instruction")?.to_string(), path("target")?))
+    Ok((
+        path("source")?,
+        field("instruction")?.to_string(),
+        path("target")?,
+    ))
 }

@@ -124,9 +124,18 @@ pub fn prepare(
         for record in chunk {
             let loaded = load(&record.source)
                 .map_err(|e| format!("source image: {e}"))
-                .and_then(|s| Ok((s, load(&record.target).map_err(|e| format!("target image: {e}"))?)));
+                .and_then(|s| {
+                    Ok((
+                        s,
+                        load(&record.target).map_err(|e| format!("target image: {e}"))?,
+                    ))
+                });
             match loaded {
-                Ok((s, t)) => ok.push((record, imaging::resize(&s, res, res), imaging::resize(&t, res, res))),
+                Ok((s, t)) => ok.push((
+                    record,
+                    imaging::resize(&s, res, res),
+                    imaging::resize(&t, res, res),
+                )),
                 Err(reason) => {
                     let s = Skipped {
                         location: record.location.clone(),
@@ -197,7 +206,8 @@ pub fn prepare(
         pooled: pooled_width,
     };
     let path = out.join(INDEX_FILE);
-    let json = serde_json::to_string_pretty(&index).map_err(|e| TrainError::format(&path, e.to_string()))?;
+    let json = serde_json::to_string_pretty(&index)
+        .map_err(|e| TrainError::format(&path, e.to_string()))?;
     std::fs::write(&path, json).map_err(TrainError::io(&path, "prepared data index"))?;
     Ok(PrepareReport {
         dir: out.to_path_buf(),

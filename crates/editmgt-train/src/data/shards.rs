@@ -69,9 +69,17 @@ pub(crate) fn write_shard(dir: &Path, name: &str, examples: &[Example]) -> Resul
 }
 
 /// Writes the empty prompt's conditioning.
-pub(crate) fn write_empty_prompt(dir: &Path, empty: &EmptyPrompt, text: [usize; 2]) -> Result<(), TrainError> {
+pub(crate) fn write_empty_prompt(
+    dir: &Path,
+    empty: &EmptyPrompt,
+    text: [usize; 2],
+) -> Result<(), TrainError> {
     let entries = vec![
-        Entry::f32("encoder_hidden_states", vec![1, text[0], text[1]], &empty.states),
+        Entry::f32(
+            "encoder_hidden_states",
+            vec![1, text[0], text[1]],
+            &empty.states,
+        ),
         Entry::f32("pooled", vec![1, empty.pooled.len()], &empty.pooled),
     ];
     write_safetensors(&dir.join(EMPTY_PROMPT_FILE), &entries, None)
@@ -110,7 +118,8 @@ impl PreparedDataset {
         }
         let empty_path = dir.join(EMPTY_PROMPT_FILE);
         let empty = if empty_path.is_file() {
-            let bytes = std::fs::read(&empty_path).map_err(TrainError::io(&empty_path, "empty prompt"))?;
+            let bytes =
+                std::fs::read(&empty_path).map_err(TrainError::io(&empty_path, "empty prompt"))?;
             let st = SafeTensors::deserialize(&bytes)
                 .map_err(|e| TrainError::format(&empty_path, e.to_string()))?;
             let get = |name: &str| {
@@ -137,9 +146,14 @@ impl PreparedDataset {
     }
 }
 
-fn read_shard(path: &Path, index: &PreparedIndex, out: &mut Vec<Example>) -> Result<(), TrainError> {
+fn read_shard(
+    path: &Path,
+    index: &PreparedIndex,
+    out: &mut Vec<Example>,
+) -> Result<(), TrainError> {
     let bytes = std::fs::read(path).map_err(TrainError::io(path, "prepared shard"))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| TrainError::format(path, e.to_string()))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| TrainError::format(path, e.to_string()))?;
     let [h, w] = index.grid;
     let [t, d] = index.text;
     let p = index.pooled;
@@ -155,7 +169,10 @@ fn read_shard(path: &Path, index: &PreparedIndex, out: &mut Vec<Example>) -> Res
             return Err(TrainError::Tensor {
                 path: path.to_path_buf(),
                 tensor: name.into(),
-                reason: format!("has shape {:?}, expected [N, ..] with {per} values per example", view.shape()),
+                reason: format!(
+                    "has shape {:?}, expected [N, ..] with {per} values per example",
+                    view.shape()
+                ),
             });
         }
         Ok((view, n))
@@ -171,7 +188,10 @@ fn read_shard(path: &Path, index: &PreparedIndex, out: &mut Vec<Example>) -> Res
     let (mv, mn) = view("micro_conds", 5)?;
     let micro = view_to_f32(path, "micro_conds", &mv)?;
     if [rn, sn, pn, mn] != [n; 4] {
-        return Err(TrainError::format(path, "the shard's tensors hold different numbers of examples"));
+        return Err(TrainError::format(
+            path,
+            "the shard's tensors hold different numbers of examples",
+        ));
     }
     for i in 0..n {
         let mut micro_conds = [0f32; 5];
