@@ -7,7 +7,7 @@ use clap::Args;
 use editmgt_mgt::{LoraStreams, MgtTransformer};
 use editmgt_pipeline::{DeviceSpec, FloatType};
 use editmgt_train::data::{
-    PrepareOptions, PreparedDataset, Skipped, prepare as prepare_data, read_manifest,
+    PrepareOptions, PreparedDataset, Record, Skipped, prepare as prepare_data, read_manifest,
 };
 use editmgt_train::lora::{adapter_config, save_adapter};
 use editmgt_train::{
@@ -18,11 +18,25 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::run::AnyError;
 
+/// Column names of Parquet datasets.
+#[derive(Debug, Args)]
+pub struct ColumnArgs {
+    /// Parquet column holding the source image's bytes.
+    #[arg(long, default_value = "source")]
+    pub source_column: String,
+    /// Parquet column holding the instruction.
+    #[arg(long, default_value = "instruction")]
+    pub instruction_column: String,
+    /// Parquet column holding the target image's bytes.
+    #[arg(long, default_value = "target")]
+    pub target_column: String,
+}
+
 /// `editmgt prepare`: encode a manifest's images and instructions into training shards.
 #[derive(Debug, Args)]
 pub struct PrepareArgs {
     /// A JSONL manifest of `{"source", "instruction", "target"}` records (image paths relative
-    /// to it), or a folder holding `manifest.jsonl`.
+    /// to it), a folder holding `manifest.jsonl`, or a `.parquet` file with image-bytes columns.
     #[arg(long)]
     pub data: PathBuf,
     /// The model folder (its VQ model and text encoders encode the data).
@@ -31,6 +45,9 @@ pub struct PrepareArgs {
     /// Where to write the shards.
     #[arg(long)]
     pub out: PathBuf,
+    /// Parquet columns.
+    #[command(flatten)]
+    pub columns: ColumnArgs,
     /// Square resolution images are resized to.
     #[arg(long, default_value_t = 1024)]
     pub resolution: u32,
@@ -109,6 +126,9 @@ pub struct TrainArgs {
     /// Seed of masks, data order and LoRA initialisation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Parquet columns.
+    #[command(flatten)]
+    pub columns: ColumnArgs,
     /// Resolution when preparing a manifest.
     #[arg(long, default_value_t = 1024)]
     pub resolution: u32,
@@ -143,19 +163,57 @@ fn manifest_path(data: &Path) -> PathBuf {
     }
 }
 
+/// The records of a manifest or a Parquet file.
+fn read_records(
+    data: &Path,
+    columns: &ColumnArgs,
+) -> Result<(Vec<Record>, Vec<Skipped>), AnyError> {
+    let path = manifest_path(data);
+    if path.extension().is_some_and(|e| e == "parquet") {
+        return read_parquet(&path, columns);
+    }
+    Ok(read_manifest(&path)?)
+}
+
+#[cfg(feature = "parquet")]
+fn read_parquet(
+    path: &Path,
+    columns: &ColumnArgs,
+) -> Result<(Vec<Record>, Vec<Skipped>), AnyError> {
+    let columns = editmgt_train::data::parquet::ParquetColumns {
+        source: columns.source_column.clone(),
+        instruction: columns.instruction_column.clone(),
+        target: columns.target_column.clone(),
+    };
+    Ok(editmgt_train::data::parquet::read_parquet(path, &columns)?)
+}
+
+#[cfg(not(feature = "parquet"))]
+fn read_parquet(
+    path: &Path,
+    _columns: &ColumnArgs,
+) -> Result<(Vec<Record>, Vec<Skipped>), AnyError> {
+    Err(format!(
+        "`{}`: reading Parquet needs the `parquet` feature",
+        path.display()
+    )
+    .into())
+}
+
 fn warn(skipped: &Skipped) {
     eprintln!("editmgt: warning: skipped {skipped}");
 }
 
 fn run_prepare(
-    manifest: &Path,
+    data: &Path,
+    columns: &ColumnArgs,
     model: &Path,
     out: &Path,
     device: &DeviceSpec,
     options: &PrepareOptions,
     quiet: bool,
 ) -> Result<(), AnyError> {
-    let (records, skipped) = read_manifest(manifest)?;
+    let (records, skipped) = read_records(data, columns)?;
     let device = device.device()?;
     let bar = bar(
         records.len() as u64,
@@ -192,7 +250,8 @@ pub fn prepare(args: PrepareArgs) -> Result<(), AnyError> {
         ..PrepareOptions::default()
     };
     run_prepare(
-        &manifest_path(&args.data),
+        &args.data,
+        &args.columns,
         &args.model,
         &args.out,
         &args.device,
@@ -270,7 +329,8 @@ pub fn train(args: TrainArgs) -> Result<(), AnyError> {
             };
             let first = args.device.first().cloned().unwrap_or(DeviceSpec::Cpu);
             run_prepare(
-                &manifest_path(&args.data),
+                &args.data,
+                &args.columns,
                 &args.model,
                 &prepared,
                 &first,

@@ -347,23 +347,25 @@ impl crate::MgtTransformer {
 
     /// Every attached adapter with its peft module path, double-stream blocks first.
     pub fn adapters(&self) -> Vec<(String, &LoraAdapter)> {
-        let mut out = Vec::new();
-        let mut collect = |single: bool, block: usize, lora: Option<&AttentionLora>| {
-            if let Some(lora) = lora {
-                for target in SUPPORTED_TARGETS {
-                    if let Some(adapter) = lora.get(target) {
-                        out.push((adapter_path(single, block, target), adapter));
-                    }
-                }
-            }
-        };
-        for (i, b) in self.transformer_blocks.iter().enumerate() {
-            collect(false, i, b.attn.lora.as_ref());
-        }
-        for (i, b) in self.single_transformer_blocks.iter().enumerate() {
-            collect(true, i, b.attn.lora.as_ref());
-        }
-        out
+        let doubles = self
+            .transformer_blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (false, i, b.attn.lora.as_ref()));
+        let singles = self
+            .single_transformer_blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (true, i, b.attn.lora.as_ref()));
+        doubles
+            .chain(singles)
+            .flat_map(|(single, block, lora)| {
+                SUPPORTED_TARGETS.iter().filter_map(move |target| {
+                    let adapter = lora?.get(target)?;
+                    Some((adapter_path(single, block, target), adapter))
+                })
+            })
+            .collect()
     }
 
     /// Removes every adapter.

@@ -29,18 +29,14 @@ fn synthetic(
     let pooled = config.pooled_projection_dim;
     let mut normal = || (rng.next_f64() * 2.0 - 1.0) as f32;
     let examples: Vec<Example> = (0..count)
-        .map(|_| {
-            let mut r = SplitMix64::new(seed.wrapping_add(7));
-            let _ = &mut r;
-            Example {
-                target: (0..side * side).map(|_| 0).collect(),
-                reference: (0..side * side).map(|_| 0).collect(),
-                grid: [side, side],
-                states: (0..text_len * width).map(|_| normal()).collect(),
-                states_shape: [text_len, width],
-                pooled: (0..pooled).map(|_| normal()).collect(),
-                micro_conds: [1024.0, 1024.0, 0.0, 0.0, 6.0],
-            }
+        .map(|_| Example {
+            target: (0..side * side).map(|_| 0).collect(),
+            reference: (0..side * side).map(|_| 0).collect(),
+            grid: [side, side],
+            states: (0..text_len * width).map(|_| normal()).collect(),
+            states_shape: [text_len, width],
+            pooled: (0..pooled).map(|_| normal()).collect(),
+            micro_conds: [1024.0, 1024.0, 0.0, 0.0, 6.0],
         })
         .collect();
     let mut rng = SplitMix64::new(seed ^ 0xABCD);
@@ -165,7 +161,6 @@ fn resume_equals_an_uninterrupted_run() {
             straight.len()
         );
         assert!(max <= 1e-7, "resumed run differs by {max}");
-        drop(model);
     }
 }
 

@@ -2,13 +2,16 @@
 //! the order examples are drawn in.
 //!
 //! - [`manifest`]: a JSONL manifest of `{source, instruction, target}` records (image paths
-//!   relative to the manifest).
+//!   relative to the manifest), and Parquet files with image-bytes columns (`parquet`, feature
+//!   `parquet`).
 //! - [`prepare`]: runs the VQ encoder and the text encoders once per record and writes token and
 //!   embedding shards, so that training holds only the transformer.
 //! - [`shards`]: reading and writing the prepared shards.
 //! - [`stream`]: the shuffled, resumable order of examples.
 
 pub mod manifest;
+#[cfg(feature = "parquet")]
+pub mod parquet;
 pub mod prepare;
 pub mod shards;
 pub mod stream;
