@@ -165,7 +165,7 @@ fn values(t: Tensor<1>) -> Vec<f32> {
     t.without_autodiff()
         .into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .unwrap_or_default()
 }
 

@@ -25,7 +25,7 @@ pub fn save_transformer(model: &MgtTransformer, dir: &Path) -> Result<(), TrainE
             .without_autodiff()
             .into_data()
             .convert::<f32>()
-            .to_vec::<f32>()
+            .try_to_vec::<f32>()
         {
             Ok(v) => tensors.push((info.name.clone(), info.shape.clone(), v)),
             Err(e) => failed = Some(format!("{}: {e:?}", info.name)),

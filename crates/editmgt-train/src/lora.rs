@@ -84,7 +84,7 @@ pub fn save_adapter(
                 .without_autodiff()
                 .into_data()
                 .convert::<f32>()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .map_err(|e| TrainError::format(dir, format!("{path}: {e:?}")))?;
             tensors.push((format!("{path}.{suffix}"), dims, values));
         }

@@ -90,7 +90,7 @@ pub fn global_norm<'a>(grads: impl IntoIterator<Item = &'a Tensor<1>>) -> f64 {
     let value = total
         .into_data()
         .convert::<f64>()
-        .to_vec::<f64>()
+        .try_to_vec::<f64>()
         .ok()
         .and_then(|v| v.first().copied())
         .unwrap_or(f64::NAN);

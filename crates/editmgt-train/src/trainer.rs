@@ -170,7 +170,7 @@ impl Trainer {
         let device = self.devices[0].clone().autodiff();
         let lora_mode = self.config.lora.is_some();
         let trainable = move |info: &ParamInfo| info.lora == lora_mode;
-        let model = std::mem::replace(&mut self.model, placeholder(&self.model));
+        let model = self.model.clone();
         self.model = map_params(model, &device, &trainable, &mut |info, _| {
             values.get(&info.name).cloned()
         });
@@ -329,7 +329,7 @@ impl Trainer {
             _ => None,
         };
         let ema = &mut self.ema;
-        let model = std::mem::replace(&mut self.model, placeholder(&self.model));
+        let model = self.model.clone();
         self.model = map_params(model, &device, &trainable, &mut |info, value| {
             if !trainable(info) {
                 return None;
@@ -349,16 +349,11 @@ impl Trainer {
     }
 }
 
-/// A cheap stand-in while the model is moved out and back (`map` consumes it).
-fn placeholder(model: &MgtTransformer) -> MgtTransformer {
-    model.clone()
-}
-
 /// The single value of a `[1]` tensor.
 pub(crate) fn scalar(t: Tensor<1>) -> f32 {
     t.into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .ok()
         .and_then(|v| v.first().copied())
         .unwrap_or(f32::NAN)

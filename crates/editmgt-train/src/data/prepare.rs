@@ -63,14 +63,14 @@ fn load(source: &ImageSource) -> Result<RgbImage, String> {
 fn rows_i64(t: Tensor<3, Int>) -> Result<Vec<i64>, TrainError> {
     t.into_data()
         .convert::<i64>()
-        .to_vec::<i64>()
+        .try_to_vec::<i64>()
         .map_err(|e| TrainError::Batch(format!("reading tokens: {e:?}")))
 }
 
 fn rows_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TrainError> {
     t.into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .map_err(|e| TrainError::Batch(format!("reading embeddings: {e:?}")))
 }
 
@@ -79,6 +79,7 @@ fn rows_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, TrainError> {
 /// A record whose image cannot be read or decoded is skipped and reported through `warn` (and
 /// in the report); `already_skipped` (from the reader) is carried into the report. No usable
 /// record is [`TrainError::EmptyDataset`]. `progress` sees the records done so far.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare(
     model_dir: &Path,
     records: &[Record],
