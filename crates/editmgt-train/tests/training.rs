@@ -193,7 +193,9 @@ fn two_devices_equal_one_device_with_the_doubled_batch() {
         .zip(&v2)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     println!("data parallel: max abs weight difference {max:e}");
-    assert!(max <= 1e-6);
+    // Summing two halves differs from one sum in the last bits; AdamW's first step
+    // (`g / (|g| + eps)`) amplifies that where a gradient is near `eps` (lr is 1e-3).
+    assert!(max <= 1e-5, "weights differ by {max}");
 }
 
 /// LoRA on the reference stream leaves text-to-image forwards untouched; on every stream it
