@@ -13,6 +13,9 @@ use crate::params::{ParamInfo, gradients, map_params, param_infos};
 use crate::rng::SplitMix64;
 use crate::{TrainError, lora};
 
+/// One device's loss and gradients.
+type PartResult = Result<(f32, Vec<(ParamInfo, Tensor<1>)>), TrainError>;
+
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
@@ -188,7 +191,7 @@ impl Trainer {
         batch: &TrainBatch,
         normalizer: f32,
         weight: f32,
-    ) -> Result<(f32, Vec<(ParamInfo, Tensor<1>)>), TrainError> {
+    ) -> PartResult {
         let (loss, _) = batch_loss(model, batch, normalizer / weight)?;
         let grads = loss.backward();
         let value = scalar(loss.without_autodiff());
@@ -216,41 +219,40 @@ impl Trainer {
         let normalizer = total as f32;
         let first = self.devices[0].clone();
         let lora_mode = self.config.lora.is_some();
-        let results: Vec<Result<(f32, Vec<(ParamInfo, Tensor<1>)>), TrainError>> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = parts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, part)| {
-                        let device = self.devices[i].clone();
-                        let model = self.model.clone();
-                        let part = part.clone();
-                        scope.spawn(move || {
-                            let part = part.to_device(&device.clone().autodiff());
-                            if i == 0 {
-                                Self::backward(&model, &part, normalizer, weight)
-                            } else {
-                                let trainable = move |info: &ParamInfo| info.lora == lora_mode;
-                                let replica = map_params(
-                                    model,
-                                    &device.clone().autodiff(),
-                                    &trainable,
-                                    &mut |_, _| None,
-                                );
-                                Self::backward(&replica, &part, normalizer, weight)
-                            }
-                        })
+        let results: Vec<PartResult> = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .iter()
+                .enumerate()
+                .map(|(i, part)| {
+                    let device = self.devices[i].clone();
+                    let model = self.model.clone();
+                    let part = part.clone();
+                    scope.spawn(move || {
+                        let part = part.to_device(&device.clone().autodiff());
+                        if i == 0 {
+                            Self::backward(&model, &part, normalizer, weight)
+                        } else {
+                            let trainable = move |info: &ParamInfo| info.lora == lora_mode;
+                            let replica = map_params(
+                                model,
+                                &device.clone().autodiff(),
+                                &trainable,
+                                &mut |_, _| None,
+                            );
+                            Self::backward(&replica, &part, normalizer, weight)
+                        }
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(TrainError::Batch("a device's backward panicked".into()))
-                        })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(TrainError::Batch("a device's backward panicked".into()))
                     })
-                    .collect()
-            });
+                })
+                .collect()
+        });
         let mut sum: BTreeMap<String, Tensor<1>> = BTreeMap::new();
         let mut loss = 0.0f32;
         for (part, result) in parts.iter().zip(results) {
