@@ -21,6 +21,7 @@ impl Cli {
         let model = match &self.command {
             Command::Edit(args) => &args.model,
             Command::Generate(args) => &args.model,
+            Command::Train(_) | Command::Prepare(_) => return false,
         };
         model.device == DeviceSpec::Cpu && !model.low_memory
     }
@@ -33,6 +34,10 @@ pub enum Command {
     Edit(EditArgs),
     /// Generate an image from a prompt.
     Generate(GenerateArgs),
+    /// Fine-tune the transformer on edit pairs (full weights or LoRA).
+    Train(crate::train::TrainArgs),
+    /// Encode a manifest's images and instructions into training shards.
+    Prepare(crate::train::PrepareArgs),
 }
 
 /// Where the model is and what it runs on.
@@ -50,6 +55,12 @@ pub struct ModelArgs {
     /// Load the text encoders for each run and drop them after encoding (less memory).
     #[arg(long)]
     pub low_memory: bool,
+    /// A LoRA adapter folder (peft format, e.g. from `editmgt train`) applied to every stream.
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Multiplies the adapter's strength.
+    #[arg(long, default_value_t = 1.0)]
+    pub lora_scale: f32,
 }
 
 /// Sampling parameters shared by both subcommands.

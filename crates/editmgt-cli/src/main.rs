@@ -12,6 +12,7 @@
 mod allocator;
 mod args;
 mod run;
+mod train;
 
 use std::process::ExitCode;
 

@@ -20,6 +20,8 @@ pub fn run(cli: Cli) -> Result<(), AnyError> {
     match cli.command {
         Command::Edit(args) => edit(args),
         Command::Generate(args) => generate(args),
+        Command::Train(args) => crate::train::train(args),
+        Command::Prepare(args) => crate::train::prepare(args),
     }
 }
 
@@ -47,6 +49,10 @@ fn load(args: &ModelArgs) -> Result<Editor, AnyError> {
         } else {
             TextEncoders::Keep
         },
+        lora: args.lora.as_ref().map(|dir| editmgt_pipeline::LoraOptions {
+            scale: args.lora_scale,
+            ..editmgt_pipeline::LoraOptions::new(dir)
+        }),
         ..EditorOptions::default()
     };
     let path = Path::new(&args.model);

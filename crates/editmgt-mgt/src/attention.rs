@@ -14,6 +14,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::capture::{CaptureRows, text_to_image};
+use crate::lora::{AttentionLora, LoraAdapter, LoraStreams, Rows, adapter_of, project};
 use crate::norm::RmsNorm;
 use crate::rotary::{RotaryTable, apply_rotary};
 
@@ -27,6 +28,8 @@ pub(crate) struct JointContext {
     pub image_len: usize,
     /// 1 (image) or 2 (image and reference): the image stream is `[B, streams * N, D]`.
     pub streams: usize,
+    /// Which streams LoRA adapters apply to.
+    pub lora: LoraStreams,
     cos: Tensor<4>,
     sin: Tensor<4>,
     bias: Option<Tensor<4>>,
@@ -55,10 +58,19 @@ impl JointContext {
             text_len,
             image_len,
             streams: if with_reference { 2 } else { 1 },
+            lora: LoraStreams::default(),
             cos,
             sin,
             bias,
             max_buffer_bytes: editmgt_core::limits::max_buffer_bytes(device),
+        }
+    }
+
+    /// The image stream's row layout (image rows, then reference rows).
+    pub fn image_rows(&self) -> Rows {
+        Rows::Image {
+            image: self.image_len,
+            reference: (self.streams - 1) * self.image_len,
         }
     }
 
@@ -107,18 +119,41 @@ fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([b, s, h * d])
 }
 
-/// One projection over the joint sequence: the text rows `[B, T, D]` and the image-stream rows
-/// `[B, streams*N, D]`, each through its own linear layer and optional RMSNorm over the head
-/// width, concatenated as `[B, H, T + streams*N, d]`.
+/// One projection of one stream: the layer, its adapter (if any) and the optional RMSNorm over
+/// the head width.
+struct Projection<'a> {
+    layer: &'a Linear,
+    adapter: Option<&'a LoraAdapter>,
+    norm: Option<&'a RmsNorm>,
+}
+
+impl<'a> Projection<'a> {
+    fn new(layer: &'a Linear, adapter: Option<&'a LoraAdapter>, norm: Option<&'a RmsNorm>) -> Self {
+        Self {
+            layer,
+            adapter,
+            norm,
+        }
+    }
+
+    /// `[B, S, D]` (rows of kind `rows`) to `[B, H, S, d]`.
+    fn heads(&self, ctx: &JointContext, x: &Tensor<3>, rows: Rows) -> Tensor<4> {
+        let y = project(self.layer, self.adapter, ctx.lora, x.clone(), rows);
+        heads_of(y, ctx.heads, self.norm)
+    }
+}
+
+/// One projection over the joint sequence: the text rows `[B, T, D]` (kind `text_rows`) and the
+/// image-stream rows `[B, streams*N, D]`, each through its own projection, concatenated as
+/// `[B, H, T + streams*N, d]`.
 fn project_joint(
-    text: (&Tensor<3>, &Linear, Option<&RmsNorm>),
-    image: (&Tensor<3>, &Linear, Option<&RmsNorm>),
-    heads: usize,
+    ctx: &JointContext,
+    text: (&Tensor<3>, Projection<'_>, Rows),
+    image: (&Tensor<3>, Projection<'_>),
 ) -> Tensor<4> {
-    let part = |(x, linear, norm): (&Tensor<3>, &Linear, Option<&RmsNorm>)| {
-        heads_of(linear.forward(x.clone()), heads, norm)
-    };
-    Tensor::cat(vec![part(text), part(image)], 2)
+    let text = text.1.heads(ctx, text.0, text.2);
+    let image = image.1.heads(ctx, image.0, ctx.image_rows());
+    Tensor::cat(vec![text, image], 2)
 }
 
 /// Splits an attention output over the joint sequence (`[B, H, S, d]`) into the text rows and
@@ -234,6 +269,8 @@ pub struct DoubleStreamAttention {
     pub to_out: Linear,
     /// Text output projection.
     pub to_add_out: Linear,
+    /// LoRA adapters, if attached.
+    pub lora: Option<AttentionLora>,
 }
 
 impl DoubleStreamAttention {
@@ -254,6 +291,7 @@ impl DoubleStreamAttention {
             norm_added_k: RmsNorm::new(head_dim, device),
             to_out: linear(),
             to_add_out: linear(),
+            lora: None,
         }
     }
 
@@ -266,27 +304,67 @@ impl DoubleStreamAttention {
         image: Tensor<3>,
         capture: Option<&CaptureRows>,
     ) -> (Tensor<3>, Tensor<3>, Option<Tensor<3>>) {
-        let h = ctx.heads;
+        let lora = self.lora.as_ref();
+        let adapter = |name| adapter_of(lora, name);
+        let text_rows = Rows::Text;
         let q = project_joint(
-            (&text, &self.add_q_proj, Some(&self.norm_added_q)),
-            (&image, &self.to_q, Some(&self.norm_q)),
-            h,
+            ctx,
+            (
+                &text,
+                Projection::new(
+                    &self.add_q_proj,
+                    adapter("add_q_proj"),
+                    Some(&self.norm_added_q),
+                ),
+                text_rows,
+            ),
+            (
+                &image,
+                Projection::new(&self.to_q, adapter("to_q"), Some(&self.norm_q)),
+            ),
         );
         let k = project_joint(
-            (&text, &self.add_k_proj, Some(&self.norm_added_k)),
-            (&image, &self.to_k, Some(&self.norm_k)),
-            h,
+            ctx,
+            (
+                &text,
+                Projection::new(
+                    &self.add_k_proj,
+                    adapter("add_k_proj"),
+                    Some(&self.norm_added_k),
+                ),
+                text_rows,
+            ),
+            (
+                &image,
+                Projection::new(&self.to_k, adapter("to_k"), Some(&self.norm_k)),
+            ),
         );
         let v = project_joint(
-            (&text, &self.add_v_proj, None),
-            (&image, &self.to_v, None),
-            h,
+            ctx,
+            (
+                &text,
+                Projection::new(&self.add_v_proj, adapter("add_v_proj"), None),
+                text_rows,
+            ),
+            (&image, Projection::new(&self.to_v, adapter("to_v"), None)),
         );
         let (out, captured) = attend(ctx, q, k, v, capture, QueryRows::All);
         let (text_out, image_out) = split_text_rows(ctx, out);
         (
-            self.to_add_out.forward(text_out),
-            self.to_out.forward(image_out),
+            project(
+                &self.to_add_out,
+                adapter("to_add_out"),
+                ctx.lora,
+                text_out,
+                Rows::Text,
+            ),
+            project(
+                &self.to_out,
+                adapter("to_out.0"),
+                ctx.lora,
+                image_out,
+                ctx.image_rows(),
+            ),
             captured,
         )
     }
@@ -306,6 +384,8 @@ pub struct SingleStreamAttention {
     pub norm_q: RmsNorm,
     /// RMSNorm of keys over the head width.
     pub norm_k: RmsNorm,
+    /// LoRA adapters, if attached (`to_q`, `to_k`, `to_v`).
+    pub lora: Option<AttentionLora>,
 }
 
 impl SingleStreamAttention {
@@ -319,6 +399,7 @@ impl SingleStreamAttention {
             to_v: linear(),
             norm_q: RmsNorm::new(head_dim, device),
             norm_k: RmsNorm::new(head_dim, device),
+            lora: None,
         }
     }
 
@@ -333,13 +414,18 @@ impl SingleStreamAttention {
         capture: Option<&CaptureRows>,
         rows: QueryRows,
     ) -> (Option<Tensor<3>>, Tensor<3>, Option<Tensor<3>>) {
-        let h = ctx.heads;
-        let project = |linear: &Linear, norm: Option<&RmsNorm>| {
-            project_joint((&text, linear, norm), (&image, linear, norm), h)
+        let lora = self.lora.as_ref();
+        let project = |linear: &Linear, name: &'static str, norm: Option<&RmsNorm>| {
+            let adapter = adapter_of(lora, name);
+            project_joint(
+                ctx,
+                (&text, Projection::new(linear, adapter, norm), Rows::Main),
+                (&image, Projection::new(linear, adapter, norm)),
+            )
         };
-        let q = project(&self.to_q, Some(&self.norm_q));
-        let k = project(&self.to_k, Some(&self.norm_k));
-        let v = project(&self.to_v, None);
+        let q = project(&self.to_q, "to_q", Some(&self.norm_q));
+        let k = project(&self.to_k, "to_k", Some(&self.norm_k));
+        let v = project(&self.to_v, "to_v", None);
         let (out, captured) = attend(ctx, q, k, v, capture, rows);
         match rows {
             QueryRows::All => {

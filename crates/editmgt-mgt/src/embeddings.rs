@@ -18,10 +18,29 @@ pub(crate) fn sinusoid_frequencies(dim: usize) -> Vec<f32> {
     (0..half)
         .map(|k| {
             let exponent = (log_period * k as f32) / half as f32;
-            (exponent as f64).exp() as f32
+            torch_expf(exponent)
         })
         .collect()
 }
+
+/// `exp` of a float32 as PyTorch's CPU kernel returns it: the correctly rounded value, except
+/// for the inputs in [`TORCH_EXPF_EXCEPTIONS`], where PyTorch's (1-ulp accurate, not correctly
+/// rounded) `exp` lands on the other neighbour of a near-tie. Training embeds timesteps around
+/// `1e6`, where one ulp of a frequency moves the sine's argument by ~0.05 rad, so the
+/// difference shows in the logits (2e-4 relative) and the gradients (up to 3e-2).
+fn torch_expf(x: f32) -> f32 {
+    let rounded = (x as f64).exp() as f32;
+    TORCH_EXPF_EXCEPTIONS
+        .iter()
+        .find(|(input, _)| *input == x.to_bits())
+        .map_or(rounded, |(_, output)| f32::from_bits(*output))
+}
+
+/// `(input bits, output bits)` where PyTorch's float32 `exp` differs from the correctly rounded
+/// result, among the inputs of the 256-wide sinusoidal embeddings: `exp(-0.86346942)` (the
+/// 13th frequency, exact value 0.02 ulp below the midpoint) is returned rounded up. Found by
+/// comparing with the reference's training-step logits (`cases/train.safetensors`).
+const TORCH_EXPF_EXCEPTIONS: [(u32, u32); 1] = [(0xBF5D_0C55, 0x3ED7_E89B)];
 
 /// The `dim`-wide embedding of one value, `[cos(v f_0) .. cos(v f_h), sin(v f_0) .. sin(v f_h)]`.
 pub(crate) fn sinusoid_host(value: f32, dim: usize) -> Vec<f32> {
@@ -107,6 +126,18 @@ impl TimeTextEmbedding {
         let embedding = sinusoid_host(t * 1000.0, dim);
         let embedding =
             Tensor::<2>::from_data(TensorData::new(embedding, [1, dim]), (device, dtype));
+        self.timestep_embedder.forward(embedding)
+    }
+
+    /// The timestep part for one step index per batch row: `[B, dim]` in `dtype`.
+    pub fn timesteps(&self, steps: &[f32], dtype: DType, device: &Device) -> Tensor<2> {
+        let dim = crate::config::TIMESTEP_EMBED_DIM;
+        let rows: Vec<f32> = steps
+            .iter()
+            .flat_map(|t| sinusoid_host(t * 1000.0, dim))
+            .collect();
+        let embedding =
+            Tensor::<2>::from_data(TensorData::new(rows, [steps.len(), dim]), (device, dtype));
         self.timestep_embedder.forward(embedding)
     }
 }

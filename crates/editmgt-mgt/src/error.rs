@@ -113,4 +113,12 @@ pub enum MgtError {
     /// The timestep must be finite.
     #[error("timestep {0} must be finite")]
     InvalidTimestep(f32),
+    /// A LoRA adapter cannot be attached or merged.
+    #[error("LoRA adapter `{path}`: {reason}")]
+    Lora {
+        /// The adapter's peft module path (e.g. `transformer_blocks.0.attn.to_q`).
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }

@@ -16,6 +16,7 @@ use crate::config::{MICRO_COND_EMBED_DIM, MICRO_COND_VALUES, MgtConfig, SUBFOLDE
 use crate::double_block::{BlockConditioning, DoubleStreamBlock};
 use crate::embeddings::{MlpEmbedding, TimeTextEmbedding, sinusoid_rows};
 use crate::head::MlmLayer;
+use crate::lora::LoraStreams;
 use crate::norm::{RmsNorm, activate};
 use crate::rotary::{Positions, RotaryTable};
 use crate::sampling::{Downsample, TokenEmbedding, Upsample};
@@ -48,6 +49,9 @@ pub struct MgtInput {
     pub micro_conds: Tensor<2>,
     /// The step's timestep index `t` (the model embeds `t * 1000`).
     pub timestep: f32,
+    /// Per-example timesteps `[B]` replacing `timestep` (training passes the float
+    /// `mask_ratio * 1000` of each example); `None` uses `timestep` for every row.
+    pub timesteps: Option<Vec<f32>>,
     /// Reference strength: `log(strength)` is added to the attention logits between reference
     /// and non-reference tokens (1: no bias). A per-call value; nothing is kept on the model.
     pub reference_strength: f32,
@@ -74,6 +78,7 @@ impl MgtInput {
             pooled,
             micro_conds,
             timestep,
+            timesteps: None,
             reference_strength: 1.0,
             capture: CaptureRequest::none(),
             rotary: None,
@@ -84,6 +89,12 @@ impl MgtInput {
     pub fn with_reference(mut self, reference: Tensor<3, Int>, strength: f32) -> Self {
         self.reference = Some(reference);
         self.reference_strength = strength;
+        self
+    }
+
+    /// One timestep per batch row (each embedded as `t * 1000`), as training uses.
+    pub fn with_timesteps(mut self, timesteps: Vec<f32>) -> Self {
+        self.timesteps = Some(timesteps);
         self
     }
 
@@ -168,6 +179,8 @@ pub struct MgtTransformer {
     config: MgtConfig,
     #[module(skip)]
     float: FloatType,
+    #[module(skip)]
+    lora_streams: LoraStreams,
 }
 
 /// Checked input shapes.
@@ -219,6 +232,7 @@ impl MgtTransformer {
             mlm_layer: MlmLayer::new(dim, config.codebook_size, device),
             config: config.clone(),
             float: FloatType::F32,
+            lora_streams: LoraStreams::default(),
         })
     }
 
@@ -254,6 +268,14 @@ impl MgtTransformer {
             .rename("ff.net.2", "ff.proj_out")
             .rename("ff_context.net.0.proj", "ff_context.proj_in")
             .rename("ff_context.net.2", "ff_context.proj_out")
+    }
+
+    pub(crate) fn lora_streams_value(&self) -> LoraStreams {
+        self.lora_streams
+    }
+
+    pub(crate) fn set_lora_streams_value(&mut self, streams: LoraStreams) {
+        self.lora_streams = streams;
     }
 
     /// The configuration.
@@ -318,6 +340,7 @@ impl MgtTransformer {
             pooled,
             micro_conds,
             timestep,
+            timesteps,
             reference_strength,
             capture,
             rotary,
@@ -353,7 +376,11 @@ impl MgtTransformer {
             .cond_embed
             .forward(Tensor::cat(vec![pooled.cast(dtype), micro], 1));
         let pooled_emb = self.time_text_embed.text_embedder.forward(c);
-        let temb = pooled_emb.clone() + self.time_text_embed.timestep(timestep, dtype, &device);
+        let step_emb = match &timesteps {
+            Some(steps) => self.time_text_embed.timesteps(steps, dtype, &device),
+            None => self.time_text_embed.timestep(timestep, dtype, &device),
+        };
+        let temb = pooled_emb.clone() + step_emb;
         let with_reference = reference.is_some();
         let streams = if with_reference {
             let reference_temb = pooled_emb + self.time_text_embed.timestep(0.0, dtype, &device);
@@ -379,7 +406,7 @@ impl MgtTransformer {
         let [rows, n, dim] = image.dims();
         image = image.reshape([batch, rows / batch * n, dim]);
 
-        let ctx = JointContext::new(
+        let mut ctx = JointContext::new(
             config.num_attention_heads,
             &rotary,
             with_reference,
@@ -387,6 +414,7 @@ impl MgtTransformer {
             dtype,
             &device,
         );
+        ctx.lora = self.lora_streams;
         let clip = |x: Tensor<3>| {
             if dtype == DType::F16 {
                 x.clamp(-F16_MAX, F16_MAX)
@@ -532,6 +560,12 @@ impl MgtTransformer {
         width_of("micro_conds", mw, MICRO_COND_VALUES)?;
         if !input.timestep.is_finite() {
             return Err(MgtError::InvalidTimestep(input.timestep));
+        }
+        if let Some(steps) = &input.timesteps {
+            batch_of("timesteps", steps.len())?;
+            if let Some(bad) = steps.iter().find(|t| !t.is_finite()) {
+                return Err(MgtError::InvalidTimestep(*bad));
+            }
         }
         let strength = input.reference_strength;
         if !(strength.is_finite() && strength > 0.0) {

@@ -34,7 +34,7 @@ pub enum TextEncoders {
 }
 
 /// How an [`Editor`] holds its model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EditorOptions {
     /// The float type of the transformer and text encoders (`f32` by default; `f16`/`bf16`
     /// where the device supports them). The VQ model stays in f32 when its configuration asks
@@ -46,6 +46,8 @@ pub struct EditorOptions {
     /// twice the VQ downsampling factor). Inputs of other sizes are resized to it and the result
     /// back to the input's size.
     pub resolution: u32,
+    /// A LoRA adapter to load into the transformer (`None`: the weights as they are).
+    pub lora: Option<crate::LoraOptions>,
 }
 
 impl Default for EditorOptions {
@@ -54,6 +56,7 @@ impl Default for EditorOptions {
             float: FloatType::F32,
             text_encoders: TextEncoders::Keep,
             resolution: 1024,
+            lora: None,
         }
     }
 }
@@ -267,6 +270,7 @@ impl Editor {
         };
         let vq = VqModel::from_folder(model_dir.join("vqvae"), device, vq_float)?;
         let mgt = MgtTransformer::load(&model_dir, device, options.float)?;
+        let mgt = crate::adapter::apply(mgt, options.lora.as_ref(), device)?;
         let (text, tokenizers) = match options.text_encoders {
             TextEncoders::Keep => {
                 let text = TextEncoder::from_model_dir(&model_dir, device, options.float)?;

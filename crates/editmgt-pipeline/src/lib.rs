@@ -32,6 +32,7 @@
 //!
 //! [`Device`]: burn::tensor::Device
 
+mod adapter;
 mod device;
 mod editor;
 mod error;
@@ -40,6 +41,7 @@ mod hub;
 mod mask;
 mod request;
 
+pub use adapter::LoraOptions;
 pub use device::DeviceSpec;
 pub use editor::{
     EditOutput, Editor, EditorOptions, Flow, GenerateOutput, Hooks, Readback, StepEvent,
@@ -52,6 +54,7 @@ pub use request::{DEFAULT_NEGATIVE_PROMPT, EditRequest, GenerateRequest, RegionH
 pub use burn::tensor::Device;
 pub use editmgt_attention::ScoreMap;
 pub use editmgt_core::FloatType;
+pub use editmgt_mgt::LoraStreams;
 pub use editmgt_sampler::{NoiseSource, ReplayNoise, SeededNoise, Temperature};
 pub use image::{GrayImage, RgbImage};
 

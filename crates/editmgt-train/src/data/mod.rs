@@ -1,0 +1,37 @@
+//! Training data: where edit pairs come from, the prepared shards the training loop reads, and
+//! the order examples are drawn in.
+//!
+//! - [`manifest`]: a JSONL manifest of `{source, instruction, target}` records (image paths
+//!   relative to the manifest), and Parquet files with image-bytes columns (`parquet`, feature
+//!   `parquet`).
+//! - [`prepare`]: runs the VQ encoder and the text encoders once per record and writes token and
+//!   embedding shards, so that training holds only the transformer.
+//! - [`shards`]: reading and writing the prepared shards.
+//! - [`stream`]: the shuffled, resumable order of examples.
+
+pub mod manifest;
+#[cfg(feature = "parquet")]
+pub mod parquet;
+pub mod prepare;
+pub mod shards;
+pub mod stream;
+
+pub use manifest::{ImageSource, Record, read_manifest};
+pub use prepare::{PrepareOptions, PrepareReport, prepare};
+pub use shards::PreparedDataset;
+pub use stream::DataStream;
+
+/// A record that could not be used, with the reason (reported as a warning and counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Where the record is (`manifest.jsonl:12`, `part-0.parquet row 7`).
+    pub location: String,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.reason)
+    }
+}
