@@ -21,6 +21,9 @@ impl Cli {
         let model = match &self.command {
             Command::Edit(args) => &args.model,
             Command::Generate(args) => &args.model,
+            Command::Batch(args) => &args.model,
+            #[cfg(feature = "serve")]
+            Command::Serve(args) => &args.model,
         };
         model.device == DeviceSpec::Cpu && !model.low_memory
     }
@@ -33,6 +36,11 @@ pub enum Command {
     Edit(EditArgs),
     /// Generate an image from a prompt.
     Generate(GenerateArgs),
+    /// Edit every line of a JSONL manifest with one loaded model (resumable, shardable).
+    Batch(crate::batch::BatchArgs),
+    /// Serve edits over HTTP (API and web page).
+    #[cfg(feature = "serve")]
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Where the model is and what it runs on.

@@ -11,7 +11,11 @@
 
 mod allocator;
 mod args;
+mod batch;
+mod checks;
 mod run;
+#[cfg(feature = "serve")]
+mod serve;
 
 use std::process::ExitCode;
 
