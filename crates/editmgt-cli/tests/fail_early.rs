@@ -57,11 +57,13 @@ fn an_unwritable_output_fails_before_the_model_is_loaded() {
     assert!(stderr.contains("heat.bmpx"), "{stderr}");
     assert!(!tmp.path().join("o.png").exists());
 
+    let folder = tmp.path().join("folder.png");
+    std::fs::create_dir(&folder).unwrap();
     let stderr = fails_fast(
         editmgt()
             .args(["generate", "--model", "/no/such/model", "--prompt", "x"])
             .args(["--steps", "1", "--quiet", "--out"])
-            .arg(tmp.path()),
+            .arg(&folder),
     );
     assert!(stderr.contains("is a folder"), "{stderr}");
 }

@@ -81,7 +81,7 @@ fn edits_over_http_with_progress_events_health_and_metrics() {
 fn bad_uploads_are_answered_with_json_errors() {
     let server = Server::start(&[
         "--max-upload-bytes",
-        "300000",
+        "1000000",
         "--max-pixels",
         "250000",
         "--max-steps",
@@ -94,7 +94,7 @@ fn bad_uploads_are_answered_with_json_errors() {
     };
     // Larger than the upload limit (the body is never read in full).
     let big = Multipart::new()
-        .file("image", "big.png", vec![7u8; 400_000])
+        .file("image", "big.png", vec![7u8; 1_200_000])
         .text("instruction", "x");
     check(post_edit(server.addr, &big), 413, "larger");
     // More pixels than allowed, within the byte limit.
