@@ -432,9 +432,7 @@ fn save_atomically(image: &RgbImage, path: &Path) -> Result<(), String> {
     let write = || -> Result<(), Box<dyn std::error::Error>> {
         let mut file = std::io::BufWriter::new(File::create(&partial)?);
         image.write_to(&mut file, format)?;
-        file.into_inner()
-            .map_err(|e| e.into_error())?
-            .sync_all()?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&partial, path)?;
         Ok(())
     };
@@ -446,7 +444,8 @@ fn save_atomically(image: &RgbImage, path: &Path) -> Result<(), String> {
 
 /// Parses a manifest line into an item.
 fn parse_line(text: &str, line: usize, base: &Path, args: &BatchArgs) -> Result<Item, String> {
-    let fields: Line = serde_json::from_str(text).map_err(|e| format!("not a manifest line: {e}"))?;
+    let fields: Line =
+        serde_json::from_str(text).map_err(|e| format!("not a manifest line: {e}"))?;
     let image = base.join(&fields.image);
     let mask = fields.mask.as_ref().map(|m| base.join(m));
     for input in std::iter::once(&image).chain(&mask) {
@@ -589,14 +588,15 @@ mod tests {
     #[test]
     fn shards_come_from_the_argument_or_the_scheduler() {
         let none = |_: &str| None;
-        assert_eq!(
-            Shard::parse("2/4", &none),
-            Ok(Shard { index: 2, count: 4 })
-        );
+        assert_eq!(Shard::parse("2/4", &none), Ok(Shard { index: 2, count: 4 }));
         assert!(Shard::parse("4/4", &none).is_err());
         assert!(Shard::parse("1/0", &none).is_err());
         assert!(Shard::parse("x/2", &none).is_err());
-        assert!(Shard::parse("auto/3", &none).unwrap_err().contains("JOB_COMPLETION_INDEX"));
+        assert!(
+            Shard::parse("auto/3", &none)
+                .unwrap_err()
+                .contains("JOB_COMPLETION_INDEX")
+        );
         let k8s = |name: &str| (name == "JOB_COMPLETION_INDEX").then(|| "1".to_string());
         assert_eq!(
             Shard::parse("auto/3", &k8s),
@@ -620,7 +620,9 @@ mod tests {
         let a = EditRequest::new("a").seed(1).steps(4);
         let b = EditRequest::new("b").seed(2).steps(4);
         let c = EditRequest::new("a").steps(5);
-        let d = EditRequest::new("a").steps(4).region_hold(RegionHold::new(0.1));
+        let d = EditRequest::new("a")
+            .steps(4)
+            .region_hold(RegionHold::new(0.1));
         assert_eq!(group_key(&a), group_key(&b));
         assert_ne!(group_key(&a), group_key(&c));
         assert_ne!(group_key(&a), group_key(&d));

@@ -135,7 +135,10 @@ mod tests {
             &format!("{existing}/EditMGT"),
         ] {
             let error = model_source(missing).unwrap_err();
-            assert!(error.starts_with("no such model folder"), "{missing}: {error}");
+            assert!(
+                error.starts_with("no such model folder"),
+                "{missing}: {error}"
+            );
         }
         assert!(model_source("EditMGT").unwrap_err().contains("owner/name"));
         assert_eq!(

@@ -35,15 +35,22 @@ fn manifest(dir: &Path, count: usize, steps: usize) -> (PathBuf, Vec<(u32, u32)>
     for k in 0..count {
         let size = (96 + 16 * k as u32, 80 + 8 * k as u32);
         let name = format!("in-{k}.png");
-        image::imageops::resize(&source, size.0, size.1, image::imageops::FilterType::Triangle)
-            .save(dir.join(&name))
-            .unwrap();
+        image::imageops::resize(
+            &source,
+            size.0,
+            size.1,
+            image::imageops::FilterType::Triangle,
+        )
+        .save(dir.join(&name))
+        .unwrap();
         lines.push(format!(
             r#"{{"image": "{name}", "prompt": "make it snowy", "out": "edited/{k}.png", "seed": {k}, "steps": {steps}}}"#
         ));
         sizes.push(size);
         if k == 1 {
-            lines.push(r#"{"image": "missing.png", "prompt": "x", "out": "edited/missing.png"}"#.into());
+            lines.push(
+                r#"{"image": "missing.png", "prompt": "x", "out": "edited/missing.png"}"#.into(),
+            );
             lines.push("{not json".into());
         }
     }
@@ -87,7 +94,10 @@ fn a_killed_run_started_again_finishes_without_rewriting_or_half_written_outputs
         .unwrap();
     let start = Instant::now();
     loop {
-        let ok = records(&report).iter().filter(|r| r["status"] == "ok").count();
+        let ok = records(&report)
+            .iter()
+            .filter(|r| r["status"] == "ok")
+            .count();
         if ok >= 1 {
             break;
         }
@@ -95,7 +105,10 @@ fn a_killed_run_started_again_finishes_without_rewriting_or_half_written_outputs
             child.try_wait().unwrap().is_none(),
             "the first run ended before any output was reported"
         );
-        assert!(start.elapsed() < Duration::from_secs(300), "no output in 300 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no output in 300 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
@@ -146,13 +159,20 @@ fn a_killed_run_started_again_finishes_without_rewriting_or_half_written_outputs
         };
         assert_eq!(all.iter().filter(|r| is(r, "ok")).count(), 1, "line of {k}");
         let skipped = second.iter().filter(|r| is(r, "skipped")).count();
-        assert_eq!(skipped, usize::from(done_before.contains_key(&path)), "line of {k}");
+        assert_eq!(
+            skipped,
+            usize::from(done_before.contains_key(&path)),
+            "line of {k}"
+        );
     }
     let ok = second.iter().find(|r| r["status"] == "ok").unwrap();
     assert!(ok["edit_seconds"].as_f64().unwrap() > 0.0);
     assert_eq!(ok["batch"], 2);
     let error = second.iter().find(|r| r["status"] == "error").unwrap();
-    assert!(error["error"].as_str().unwrap().contains("missing.png"), "{error}");
+    assert!(
+        error["error"].as_str().unwrap().contains("missing.png"),
+        "{error}"
+    );
     assert_eq!(error["line"], 3);
 }
 
@@ -163,7 +183,9 @@ fn shards_split_the_lines_between_processes() {
     let out = tmp.path().join("out");
     // Lines 0..5 (0-based): 0, 1, 4 are good; 2 (missing image) and 3 (not JSON) are bad.
     // Shard 0/2 takes lines 0, 2, 4; shard 1/2 takes lines 1, 3 (Kubernetes' variable).
-    let zero = batch(&manifest, &out, &["--shard", "0/2"]).output().unwrap();
+    let zero = batch(&manifest, &out, &["--shard", "0/2"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&zero.stderr).contains("1 of 3 lines failed"));
     let one = batch(&manifest, &out, &["--shard", "auto/2"])
         .env("JOB_COMPLETION_INDEX", "1")
@@ -183,6 +205,8 @@ fn shards_split_the_lines_between_processes() {
         assert!(out.join(format!("edited/{k}.png")).exists());
     }
     // A shard that does not exist is an error before any work.
-    let bad = batch(&manifest, &out, &["--shard", "2/2"]).output().unwrap();
+    let bad = batch(&manifest, &out, &["--shard", "2/2"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("does not exist"));
 }

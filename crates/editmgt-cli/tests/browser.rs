@@ -30,7 +30,12 @@ impl Browser {
         let binary = std::env::var("CHROME").ok().unwrap_or_else(|| {
             ["chromium", "chromium-browser", "google-chrome"]
                 .into_iter()
-                .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+                .find(|b| {
+                    Command::new(b)
+                        .arg("--version")
+                        .output()
+                        .is_ok_and(|o| o.status.success())
+                })
                 .expect("no Chromium found: apt-get install -y chromium (or set CHROME)")
                 .to_string()
         });
@@ -192,7 +197,10 @@ impl DevTools {
             "Runtime.evaluate",
             json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
         );
-        assert!(result.get("exceptionDetails").is_none(), "{expression}: {result}");
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression}: {result}"
+        );
         result["result"]["value"].clone()
     }
 }
@@ -222,7 +230,10 @@ fn the_page_edits_the_fixture_image_in_headless_chromium() {
     while devtools.eval("document.readyState === 'complete' && !!document.getElementById('image')")
         != json!(true)
     {
-        assert!(start.elapsed() < Duration::from_secs(30), "the page did not load");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the page did not load"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -277,7 +288,10 @@ fn the_page_edits_the_fixture_image_in_headless_chromium() {
     }
     assert_eq!(heat, json!(size), "{shown}");
     assert_eq!(shown["download"], true, "{shown}");
-    assert!(shown["maxStep"].as_u64().unwrap() >= 1, "no progress was shown: {shown}");
+    assert!(
+        shown["maxStep"].as_u64().unwrap() >= 1,
+        "no progress was shown: {shown}"
+    );
     eprintln!(
         "browser test: {} in {:.1} s",
         shown["status"],

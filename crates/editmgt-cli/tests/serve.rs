@@ -22,7 +22,10 @@ fn edits_over_http_with_progress_events_health_and_metrics() {
     assert!(page.text().contains("/v1/edits"));
 
     // PNG answer at the input's size.
-    let reply = post_edit(server.addr, &edit_form(source_png(320, 240), "make the sky blue", 1));
+    let reply = post_edit(
+        server.addr,
+        &edit_form(source_png(320, 240), "make the sky blue", 1),
+    );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("content-type"), Some("image/png"));
     let edited = image::load_from_memory(&reply.body).unwrap();
@@ -39,10 +42,19 @@ fn edits_over_http_with_progress_events_health_and_metrics() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     let body = reply.json();
     assert_eq!(body["id"], "test-json-1");
-    assert_eq!((body["width"].as_u64(), body["height"].as_u64()), (Some(200), Some(300)));
-    let grid = (body["grid"][0].as_u64().unwrap(), body["grid"][1].as_u64().unwrap());
+    assert_eq!(
+        (body["width"].as_u64(), body["height"].as_u64()),
+        (Some(200), Some(300))
+    );
+    let grid = (
+        body["grid"][0].as_u64().unwrap(),
+        body["grid"][1].as_u64().unwrap(),
+    );
     assert_eq!(grid, (16, 16), "256 / the tiny VQ's downsampling of 16");
-    assert_eq!(body["tokens"].as_array().unwrap().len() as u64, grid.0 * grid.1);
+    assert_eq!(
+        body["tokens"].as_array().unwrap().len() as u64,
+        grid.0 * grid.1
+    );
     let image = data_url_image(body["image"].as_str().unwrap());
     assert_eq!((image.width(), image.height()), (200, 300));
     let heat = data_url_image(body["heatmap"].as_str().unwrap());
@@ -58,8 +70,15 @@ fn edits_over_http_with_progress_events_health_and_metrics() {
         .filter_map(|e| e["step"].as_u64())
         .collect();
     assert!(steps.contains(&3) || states.contains(&"done"), "{events:?}");
-    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "steps go forward: {steps:?}");
-    assert!(events.iter().all(|e| e["total"] == 3 || e["state"] == "waiting"));
+    assert!(
+        steps.windows(2).all(|w| w[0] <= w[1]),
+        "steps go forward: {steps:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e["total"] == 3 || e["state"] == "waiting")
+    );
 
     // An id is used once.
     let again = post_edit(server.addr, &form);
@@ -165,7 +184,10 @@ fn start_edit(
     server: &Server,
     id: &str,
     steps: usize,
-) -> (std::net::TcpStream, std::thread::JoinHandle<Vec<serde_json::Value>>) {
+) -> (
+    std::net::TcpStream,
+    std::thread::JoinHandle<Vec<serde_json::Value>>,
+) {
     let events = subscribe(server.addr, id);
     let form = edit_form(source_png(128, 128), "make the sky blue", 3)
         .text("id", id)
@@ -210,10 +232,16 @@ fn disconnects_cancel_a_full_queue_answers_503_and_shutdown_finishes_edits() {
     assert!(last_step < 400, "cancelled at step {last_step}");
     let settle = Instant::now();
     while server.metric("editmgt_edits_in_flight") > 0.0 {
-        assert!(settle.elapsed() < Duration::from_secs(30), "the edit went on");
+        assert!(
+            settle.elapsed() < Duration::from_secs(30),
+            "the edit went on"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(server.metric("editmgt_requests_total{outcome=\"cancelled\"}"), 1.0);
+    assert_eq!(
+        server.metric("editmgt_requests_total{outcome=\"cancelled\"}"),
+        1.0
+    );
     eprintln!(
         "disconnect: cancelled after {last_step} of 400 steps, {:.2} s after the upload",
         start.elapsed().as_secs_f64()
@@ -233,7 +261,10 @@ fn disconnects_cancel_a_full_queue_answers_503_and_shutdown_finishes_edits() {
     let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!(retry >= 1);
     assert!(refused.json()["error"].as_str().unwrap().contains("queue"));
-    assert_eq!(server.metric("editmgt_requests_total{outcome=\"rejected\"}"), 1.0);
+    assert_eq!(
+        server.metric("editmgt_requests_total{outcome=\"rejected\"}"),
+        1.0
+    );
 
     // Graceful shutdown with edits in flight and queued: both finish, then the process exits.
     server.terminate();
@@ -305,11 +336,17 @@ fn load_with_and_without_batching() {
             server.metric("editmgt_requests_total{outcome=\"ok\"}"),
             (n + 1) as f64
         );
-        assert_eq!(server.metric("editmgt_requests_total{outcome=\"failed\"}"), 0.0);
+        assert_eq!(
+            server.metric("editmgt_requests_total{outcome=\"failed\"}"),
+            0.0
+        );
         let biggest = batches.iter().copied().max().unwrap();
         assert!(biggest <= max_batch as u64);
         if max_batch > 1 {
-            assert!(biggest > 1, "concurrent same-settings requests were batched: {batches:?}");
+            assert!(
+                biggest > 1,
+                "concurrent same-settings requests were batched: {batches:?}"
+            );
         }
         let line = format!(
             "max batch {max_batch}: {n} edits (256x256, 4 steps) from {CLIENTS} clients in {wall:.2} s = {:.2} edits/s, latency p50 {:.2} s, p95 {:.2} s, batch sizes {batches:?}",

@@ -134,9 +134,7 @@ async fn healthz(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
-    app.metrics
-        .queued
-        .store(app.queue.len(), Ordering::Relaxed);
+    app.metrics.queued.store(app.queue.len(), Ordering::Relaxed);
     (
         [(
             header::CONTENT_TYPE,
@@ -158,53 +156,55 @@ async fn events(State(app): State<Arc<App>>, Path(id): Path<String>) -> Response
     }
     let receiver = match app.events.subscribe(&id) {
         Ok(receiver) => receiver,
-        Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "too many edits are tracked"),
+        Err(_) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many edits are tracked",
+            );
+        }
     };
     let deadline = tokio::time::Instant::now() + SUBSCRIBE_TIMEOUT;
     let shutdown = app.shutdown.subscribe();
     let events = Arc::clone(&app.events);
-    let stream = futures_util::stream::unfold(
-        Some((receiver, shutdown, true)),
-        move |state| {
-            let events = Arc::clone(&events);
-            let id = id.clone();
-            async move {
-                let (mut receiver, mut shutdown, first) = state?;
-                if !first {
-                    loop {
-                        let waiting = receiver.borrow().state == EditState::Waiting;
-                        let stopping = *shutdown.borrow();
-                        if waiting && (stopping || tokio::time::Instant::now() >= deadline) {
-                            // Nobody uploaded for this id: forget it.
-                            if let Some(reporter) = events.get(&id) {
-                                let unused = reporter.borrow().state == EditState::Waiting;
-                                if unused {
-                                    events.remove(&id, &reporter);
-                                }
+    let stream = futures_util::stream::unfold(Some((receiver, shutdown, true)), move |state| {
+        let events = Arc::clone(&events);
+        let id = id.clone();
+        async move {
+            let (mut receiver, mut shutdown, first) = state?;
+            if !first {
+                loop {
+                    let waiting = receiver.borrow().state == EditState::Waiting;
+                    let stopping = *shutdown.borrow();
+                    if waiting && (stopping || tokio::time::Instant::now() >= deadline) {
+                        // Nobody uploaded for this id: forget it.
+                        if let Some(reporter) = events.get(&id) {
+                            let unused = reporter.borrow().state == EditState::Waiting;
+                            if unused {
+                                events.remove(&id, &reporter);
                             }
-                            return None;
                         }
-                        tokio::select! {
-                            changed = receiver.changed() => {
-                                if changed.is_err() {
-                                    return None;
-                                }
-                                break;
+                        return None;
+                    }
+                    tokio::select! {
+                        changed = receiver.changed() => {
+                            if changed.is_err() {
+                                return None;
                             }
-                            _ = shutdown.changed(), if waiting && !stopping => {}
-                            () = tokio::time::sleep_until(deadline), if waiting => {}
+                            break;
                         }
+                        _ = shutdown.changed(), if waiting && !stopping => {}
+                        () = tokio::time::sleep_until(deadline), if waiting => {}
                     }
                 }
-                let progress = receiver.borrow_and_update().clone();
-                let event = Event::default()
-                    .json_data(&progress)
-                    .unwrap_or_else(|_| Event::default().data("{}"));
-                let next = (!progress.state.is_final()).then_some((receiver, shutdown, false));
-                Some((Ok::<_, Infallible>(event), next))
             }
-        },
-    );
+            let progress = receiver.borrow_and_update().clone();
+            let event = Event::default()
+                .json_data(&progress)
+                .unwrap_or_else(|_| Event::default().data("{}"));
+            let next = (!progress.state.is_final()).then_some((receiver, shutdown, false));
+            Some((Ok::<_, Infallible>(event), next))
+        }
+    });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response()
@@ -244,7 +244,9 @@ fn flag(name: &str, text: &str) -> Result<bool, Rejection> {
     match text.trim() {
         "1" | "true" | "on" | "yes" => Ok(true),
         "0" | "false" | "off" | "no" | "" => Ok(false),
-        other => Err(bad(format!("field `{name}`: `{other}` is not true or false"))),
+        other => Err(bad(format!(
+            "field `{name}`: `{other}` is not true or false"
+        ))),
     }
 }
 
@@ -273,9 +275,15 @@ async fn read_form(
     let multipart_error = |e: axum::extract::multipart::MultipartError| {
         let status = e.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            (status, "the upload is larger than the server accepts (--max-upload-bytes)".to_string())
+            (
+                status,
+                "the upload is larger than the server accepts (--max-upload-bytes)".to_string(),
+            )
         } else {
-            (status, format!("malformed multipart upload: {}", e.body_text()))
+            (
+                status,
+                format!("malformed multipart upload: {}", e.body_text()),
+            )
         }
     };
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
@@ -322,7 +330,9 @@ async fn read_form(
                 form.json = match text()?.trim() {
                     "json" => true,
                     "png" => false,
-                    other => return Err(bad(format!("field `format`: `{other}` is not png or json"))),
+                    other => {
+                        return Err(bad(format!("field `format`: `{other}` is not png or json")));
+                    }
                 }
             }
             other => {
@@ -344,7 +354,9 @@ fn decode(name: &str, bytes: &[u8], max_pixels: u64) -> Result<image::DynamicIma
     };
     let probe = reader()?;
     if probe.format().is_none() {
-        return Err(bad(format!("field `{name}`: not a PNG, JPEG or WebP image")));
+        return Err(bad(format!(
+            "field `{name}`: not a PNG, JPEG or WebP image"
+        )));
     }
     let (w, h) = probe
         .into_dimensions()
@@ -352,7 +364,9 @@ fn decode(name: &str, bytes: &[u8], max_pixels: u64) -> Result<image::DynamicIma
     if u64::from(w) * u64::from(h) > max_pixels {
         return Err((
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("field `{name}`: {w}x{h} is more than the {max_pixels} pixels the server accepts"),
+            format!(
+                "field `{name}`: {w}x{h} is more than the {max_pixels} pixels the server accepts"
+            ),
         ));
     }
     reader()?
@@ -361,7 +375,11 @@ fn decode(name: &str, bytes: &[u8], max_pixels: u64) -> Result<image::DynamicIma
 }
 
 /// Builds the request of a form.
-fn request_of(form: &Form, limits: &Limits, mask: Option<GrayImage>) -> Result<EditRequest, Rejection> {
+fn request_of(
+    form: &Form,
+    limits: &Limits,
+    mask: Option<GrayImage>,
+) -> Result<EditRequest, Rejection> {
     let instruction = form
         .instruction
         .as_deref()
@@ -466,7 +484,10 @@ async fn edit(
         error(status, message)
     };
     if *app.shutdown.borrow() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        );
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -531,7 +552,10 @@ async fn edit(
             ));
         }
         Err(Refusal::Full) => {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "too many edits are tracked");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many edits are tracked",
+            );
         }
     };
     let (reply, result) = oneshot::channel();
@@ -556,8 +580,9 @@ async fn edit(
             forget_later(&app.events, id, reporter);
             let per_batch = app.metrics.mean_latency().unwrap_or(5.0);
             let waiting = app.queue.len() + 1;
-            let retry =
-                (per_batch * waiting as f64 / app.limits.max_batch as f64).ceil().max(1.0) as u64;
+            let retry = (per_batch * waiting as f64 / app.limits.max_batch as f64)
+                .ceil()
+                .max(1.0) as u64;
             let mut response = error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the queue is full ({} waiting); retry later", waiting - 1),
@@ -667,8 +692,7 @@ fn data_url(png: &[u8]) -> String {
 
 /// Standard base64 with padding.
 fn base64(bytes: &[u8], out: &mut String) {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     out.reserve(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [

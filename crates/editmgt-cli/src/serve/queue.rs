@@ -116,7 +116,12 @@ impl Queue {
 
     /// The next batch: the oldest request and up to `max_batch - 1` more with its settings,
     /// waiting up to `max_wait` for them. `None` once closed and empty.
-    fn next_batch(&self, max_batch: usize, max_wait: Duration, metrics: &Metrics) -> Option<Vec<Job>> {
+    fn next_batch(
+        &self,
+        max_batch: usize,
+        max_wait: Duration,
+        metrics: &Metrics,
+    ) -> Option<Vec<Job>> {
         let mut state = self.state.lock().ok()?;
         let mut batch: Vec<Job> = Vec::new();
         let mut deadline = None;

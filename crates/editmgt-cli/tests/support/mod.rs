@@ -86,7 +86,10 @@ impl Server {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < limit, "the server did not exit in {limit:?}");
+            assert!(
+                start.elapsed() < limit,
+                "the server did not exit in {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -236,8 +239,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
         let size_text = String::from_utf8_lossy(&data[..end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-            .unwrap_or(0);
+        let size =
+            usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap_or(0);
         data = &data[end + 2..];
         if size == 0 || data.len() < size {
             out.extend_from_slice(&data[..size.min(data.len())]);
@@ -368,8 +371,8 @@ fn read_events(
         if let Some(data) = line.trim_end().strip_prefix("data: ")
             && let Ok(value) = serde_json::from_str::<serde_json::Value>(data)
         {
-            let end = ["done", "failed", "cancelled"]
-                .contains(&value["state"].as_str().unwrap_or(""));
+            let end =
+                ["done", "failed", "cancelled"].contains(&value["state"].as_str().unwrap_or(""));
             events.push(value);
             if until_first || end {
                 return;
