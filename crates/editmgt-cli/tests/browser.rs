@@ -243,7 +243,8 @@ fn the_page_edits_the_fixture_image_in_headless_chromium() {
         "DOM.querySelector",
         json!({ "nodeId": document["root"]["nodeId"], "selector": "#image" }),
     );
-    let source = case_file("source.png");
+    // An absolute path without `..` (Chromium refuses to read others).
+    let source = std::fs::canonicalize(case_file("source.png")).unwrap();
     devtools.call(
         "DOM.setFileInputFiles",
         json!({ "nodeId": input["nodeId"], "files": [source.to_str().unwrap()] }),
