@@ -34,12 +34,15 @@ impl Server {
                 "127.0.0.1:0",
                 "--resolution",
                 "256",
-                "--steps",
-                "2",
                 "--hold-blocks",
                 "2..4",
                 "--quiet",
             ])
+            .args(if extra.contains(&"--steps") {
+                &[][..]
+            } else {
+                &["--steps", "2"][..]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
