@@ -1,10 +1,9 @@
-//! One [`Editor`] shared by several threads: it is `Send + Sync`, and concurrent edits give
-//! exactly what the same edits give one after another.
+//! One [`Editor`] shared by several threads, as `editmgt serve` shares it: it is `Send + Sync`,
+//! and concurrent edits give exactly what the same edits give one after another.
 
 use std::sync::Arc;
 
-use burn::tensor::Device;
-use editmgt_pipeline::{EditOutput, EditRequest, Editor, EditorOptions, RegionHold};
+use editmgt_pipeline::{DeviceSpec, EditOutput, EditRequest, Editor, EditorOptions, RegionHold};
 use editmgt_testkit::{case_file, model_dir};
 
 /// Compile-time: an editor can be shared between threads (servers hold one in an `Arc`).
@@ -18,7 +17,16 @@ const _: () = {
 #[test]
 fn concurrent_edits_equal_sequential_ones() {
     let editor = Arc::new(
-        Editor::from_folder(model_dir(), &Device::flex(), EditorOptions::default()).unwrap(),
+        Editor::from_folder(
+            model_dir(),
+            &DeviceSpec::Cpu.device().unwrap(),
+            // 256 instead of 1024: 16 times less work, the same code paths.
+            EditorOptions {
+                resolution: 256,
+                ..EditorOptions::default()
+            },
+        )
+        .unwrap(),
     );
     let source = Arc::new(editmgt_pipeline::load_image(case_file("source.png")).unwrap());
     let requests: Vec<EditRequest> = vec![
