@@ -22,6 +22,9 @@ impl Cli {
             Command::Edit(args) => &args.model,
             Command::Generate(args) => &args.model,
             Command::Train(_) | Command::Prepare(_) => return false,
+            Command::Batch(args) => &args.model,
+            #[cfg(feature = "serve")]
+            Command::Serve(args) => &args.model,
         };
         model.device == DeviceSpec::Cpu && !model.low_memory
     }
@@ -38,6 +41,11 @@ pub enum Command {
     Train(crate::train::TrainArgs),
     /// Encode a manifest's images and instructions into training shards.
     Prepare(crate::train::PrepareArgs),
+    /// Edit every line of a JSONL manifest with one loaded model (resumable, shardable).
+    Batch(crate::batch::BatchArgs),
+    /// Serve edits over HTTP (API and web page).
+    #[cfg(feature = "serve")]
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Where the model is and what it runs on.

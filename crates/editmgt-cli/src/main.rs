@@ -11,8 +11,12 @@
 
 mod allocator;
 mod args;
+mod batch;
+mod checks;
 mod run;
 mod train;
+#[cfg(feature = "serve")]
+mod serve;
 
 use std::process::ExitCode;
 

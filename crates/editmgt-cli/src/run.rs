@@ -1,7 +1,6 @@
 //! Running the subcommands.
 
 use std::error::Error;
-use std::path::Path;
 use std::time::Duration;
 
 use editmgt_pipeline::{
@@ -22,6 +21,9 @@ pub fn run(cli: Cli) -> Result<(), AnyError> {
         Command::Generate(args) => generate(args),
         Command::Train(args) => crate::train::train(args),
         Command::Prepare(args) => crate::train::prepare(args),
+        Command::Batch(args) => crate::batch::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => crate::serve::run(args),
     }
 }
 
@@ -40,7 +42,14 @@ pub fn describe(error: &(dyn Error + 'static)) -> String {
     text.replace('\n', " ")
 }
 
-fn load(args: &ModelArgs) -> Result<Editor, AnyError> {
+/// Loads the model `args` name (a folder, or a hub id with the `hub` feature).
+pub fn load(args: &ModelArgs) -> Result<Editor, AnyError> {
+    load_at(args, EditorOptions::default().resolution)
+}
+
+/// [`load`] for edits at another square resolution than the model's default.
+pub fn load_at(args: &ModelArgs, resolution: u32) -> Result<Editor, AnyError> {
+    let source = crate::checks::model_source(&args.model)?;
     let device = args.device.device()?;
     let options = EditorOptions {
         float: args.dtype,
@@ -54,12 +63,14 @@ fn load(args: &ModelArgs) -> Result<Editor, AnyError> {
             ..editmgt_pipeline::LoraOptions::new(dir)
         }),
         ..EditorOptions::default()
+        resolution,
     };
-    let path = Path::new(&args.model);
-    if path.is_dir() {
-        return Ok(Editor::from_folder(path, &device, options)?);
+    match source {
+        crate::checks::ModelSource::Folder(path) => {
+            Ok(Editor::from_folder(path, &device, options)?)
+        }
+        crate::checks::ModelSource::Hub(id) => from_hub(&id, &device, options),
     }
-    from_hub(&args.model, &device, options)
 }
 
 #[cfg(feature = "hub")]
@@ -104,6 +115,10 @@ fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
 }
 
 fn edit(args: EditArgs) -> Result<(), AnyError> {
+    crate::checks::image_output(&args.out)?;
+    if let Some(path) = &args.heatmap {
+        crate::checks::image_output(path)?;
+    }
     let image = editmgt_pipeline::load_image(&args.image)?;
     let mut request = EditRequest::new(&args.prompt)
         .steps(args.sampling.steps)
@@ -164,7 +179,7 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
 }
 
 /// The mean of the per-step maps.
-fn mean_map(maps: &[ScoreMap]) -> Option<ScoreMap> {
+pub fn mean_map(maps: &[ScoreMap]) -> Option<ScoreMap> {
     let first = maps.first()?;
     let mut sum = first.tensor().clone();
     for map in &maps[1..] {
@@ -174,6 +189,7 @@ fn mean_map(maps: &[ScoreMap]) -> Option<ScoreMap> {
 }
 
 fn generate(args: GenerateArgs) -> Result<(), AnyError> {
+    crate::checks::image_output(&args.out)?;
     let mut request = GenerateRequest::new(&args.prompt)
         .steps(args.sampling.steps)
         .guidance(args.sampling.guidance)
