@@ -186,5 +186,10 @@ fn consolidating_captured_maps_keeps_precision() {
             .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
         expected.extend(means.iter().map(|v| (v - lo) / ((hi - lo) + 1e-8)));
     }
-    assert_close("rescaled consolidation of captured maps", &ours, &expected, TOLERANCE);
+    assert_close(
+        "rescaled consolidation of captured maps",
+        &ours,
+        &expected,
+        TOLERANCE,
+    );
 }

@@ -14,9 +14,9 @@ mod args;
 mod batch;
 mod checks;
 mod run;
-mod train;
 #[cfg(feature = "serve")]
 mod serve;
+mod train;
 
 use std::process::ExitCode;
 

@@ -62,8 +62,8 @@ pub fn load_at(args: &ModelArgs, resolution: u32) -> Result<Editor, AnyError> {
             scale: args.lora_scale,
             ..editmgt_pipeline::LoraOptions::new(dir)
         }),
-        ..EditorOptions::default()
         resolution,
+        ..EditorOptions::default()
     };
     match source {
         crate::checks::ModelSource::Folder(path) => {

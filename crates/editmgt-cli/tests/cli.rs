@@ -8,7 +8,8 @@ use editmgt_testkit::{case_file, model_dir};
 fn hold_blocks() -> String {
     let text = std::fs::read_to_string(model_dir().join("editmgt/config.json")).unwrap();
     let config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let blocks = config["num_layers"].as_u64().unwrap() + config["num_single_layers"].as_u64().unwrap();
+    let blocks =
+        config["num_layers"].as_u64().unwrap() + config["num_single_layers"].as_u64().unwrap();
     format!("{}..{}", (blocks - 1) / 2, blocks - 1)
 }
 
@@ -60,11 +61,7 @@ fn edits_an_image_and_writes_a_png_of_the_input_size() {
                 "--quiet",
             ])
             .args(["--hold", "0.2", "--hold-blocks", &hold_blocks()])
-            .args([
-                "--query",
-                "sky",
-                "--heatmap",
-            ])
+            .args(["--query", "sky", "--heatmap"])
             .arg(&heatmap)
             .arg("--out")
             .arg(&out),

@@ -61,7 +61,11 @@ fn the_test_device_edits_like_the_cpu() {
         &tmp.path().join("device.json"),
         &tmp.path().join("device.png"),
     );
-    let on_cpu = edit("cpu", &tmp.path().join("cpu.json"), &tmp.path().join("cpu.png"));
+    let on_cpu = edit(
+        "cpu",
+        &tmp.path().join("cpu.json"),
+        &tmp.path().join("cpu.png"),
+    );
     let same = on_device
         .iter()
         .zip(&on_cpu)

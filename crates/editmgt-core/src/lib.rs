@@ -16,10 +16,10 @@
 //!   fault.
 
 pub mod config;
-pub mod limits;
-pub mod select;
 mod dtype;
 mod error;
+pub mod limits;
+pub mod select;
 pub mod shapes;
 pub mod weights;
 

@@ -220,7 +220,8 @@ fn attention_in_blocks(
     };
     let [b, h, rows, _] = q.dims();
     let keys = k.dims()[2];
-    let block = editmgt_core::limits::rows_within(max_buffer_bytes, (b * h * keys * 4) as u64, rows);
+    let block =
+        editmgt_core::limits::rows_within(max_buffer_bytes, (b * h * keys * 4) as u64, rows);
     if block >= rows {
         return attention(q, k, v, None, bias, options);
     }

@@ -162,7 +162,10 @@ fn bad_requests_are_typed_errors() {
     // A block past the model's last.
     let blocks = editor().num_blocks();
     let err = edit(base().region_hold(RegionHold::new(0.1).blocks([0, blocks]))).unwrap_err();
-    assert!(err.to_string().contains(&format!("blocks 0..{blocks}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("blocks 0..{blocks}")),
+        "{err}"
+    );
     // The default blocks are for the released 42-block model.
     let err = edit(base().region_hold(RegionHold::new(0.1))).unwrap_err();
     assert!(err.to_string().contains("42-block"), "{err}");
@@ -367,5 +370,9 @@ fn an_edit_reads_back_only_its_final_tokens_and_image() {
     let out = editor()
         .edit_with(&image, &request, Hooks::progress(&mut on_step))
         .unwrap();
-    assert!(out.readback.in_loop >= 3 * (h * w) as u64 * 4, "{:?}", out.readback);
+    assert!(
+        out.readback.in_loop >= 3 * (h * w) as u64 * 4,
+        "{:?}",
+        out.readback
+    );
 }

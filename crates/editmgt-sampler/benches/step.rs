@@ -19,10 +19,8 @@ fn bench(c: &mut Criterion) {
     let values: Vec<f32> = (0..CODEBOOK * SIDE * SIDE)
         .map(|_| rng.next_uniform() * 12.0 - 6.0)
         .collect();
-    let logits = Tensor::<4>::from_data(
-        TensorData::new(values, [1, CODEBOOK, SIDE, SIDE]),
-        &device,
-    );
+    let logits =
+        Tensor::<4>::from_data(TensorData::new(values, [1, CODEBOOK, SIDE, SIDE]), &device);
     let sampler = Sampler::new(
         MASK,
         Schedule::new(MaskSchedule::Cosine, 36, Temperature::default()).unwrap(),

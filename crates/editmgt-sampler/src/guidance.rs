@@ -48,7 +48,8 @@ mod tests {
     #[test]
     fn combines_and_checks_shapes() {
         let device = Device::flex();
-        let t = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &device);
+        let t =
+            |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), &device);
         let out = guide(t(vec![1.0, 2.0]), t(vec![3.0, 2.0]), 6.0).unwrap();
         assert_eq!(out.into_data().try_to_vec::<f32>().unwrap(), [13.0, 2.0]);
         let halves = guide_batch_halves(t(vec![1.0, 2.0, 3.0, 2.0]).reshape([4, 1]), 6.0).unwrap();

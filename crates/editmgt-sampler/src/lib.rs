@@ -70,6 +70,6 @@ pub use guidance::{guide, guide_batch_halves};
 pub use noise::{NoiseSource, ReplayNoise, SeededNoise, StepNoise, draws_per_step, gumbel};
 pub use schedule::{MaskSchedule, SCALAR_TEMPERATURE_END, Schedule, Temperature, linspace};
 pub use step::{
-    DEFAULT_BLOCK_ELEMENTS, Faults, MIN_PROBABILITY, RegionHold, Sampler, StartingRatio,
-    StepInput, StepOutput,
+    DEFAULT_BLOCK_ELEMENTS, Faults, MIN_PROBABILITY, RegionHold, Sampler, StartingRatio, StepInput,
+    StepOutput,
 };

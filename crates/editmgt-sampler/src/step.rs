@@ -321,7 +321,12 @@ impl Sampler {
             }
             _ => {}
         }
-        let mask_lens = self.mask_lens(&input.starting_mask_ratio, batch, positions, input.step_index)?;
+        let mask_lens = self.mask_lens(
+            &input.starting_mask_ratio,
+            batch,
+            positions,
+            input.step_index,
+        )?;
         let hold = match input.region_hold {
             Some(h) => {
                 if !(0.0..=1.0).contains(&h.threshold) {
@@ -372,7 +377,9 @@ impl Sampler {
                 uniforms: input.noise.sampling.clone().slice([0..batch, r.clone()]),
                 sample: sample.clone().slice([0..batch, r.clone()]),
                 unknown: unknown.clone().slice([0..batch, r.clone()]),
-                held: held.as_ref().map(|h| h.clone().slice([0..batch, r.clone()])),
+                held: held
+                    .as_ref()
+                    .map(|h| h.clone().slice([0..batch, r.clone()])),
                 reference: hold
                     .as_ref()
                     .map(|h| h.reference.clone().slice([0..batch, r.clone()])),

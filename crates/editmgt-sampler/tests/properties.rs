@@ -112,7 +112,10 @@ fn check_loops(temperature: Temperature, schedule: MaskSchedule, seeds: std::ops
                     );
                     assert_eq!(pred, s, "seed {seed} step {step}: known prediction {i}");
                 } else {
-                    assert!((0..CODEBOOK as i64).contains(&pred), "prediction {pred} at {i}");
+                    assert!(
+                        (0..CODEBOOK as i64).contains(&pred),
+                        "prediction {pred} at {i}"
+                    );
                     if threshold > 0.0 && up_values[i] < threshold {
                         assert_eq!(pred, reference[i], "seed {seed} step {step}: held {i}");
                     }
@@ -184,7 +187,11 @@ fn remasks_exactly_the_least_confident() {
         for row in 0..2 {
             let before = masked(&sample[row * L..(row + 1) * L]);
             let expected = mask_len.min(before - 1).max(1);
-            assert_eq!(masked(&prev[row * L..(row + 1) * L]), expected, "step {step}");
+            assert_eq!(
+                masked(&prev[row * L..(row + 1) * L]),
+                expected,
+                "step {step}"
+            );
         }
         sample = prev;
     }
@@ -217,7 +224,11 @@ fn samples_by_inverse_cdf() {
             StepNoise::draw(&mut noise, 1, 1, true, &device).unwrap(),
         );
         let out = sampler.step(input).unwrap();
-        assert_eq!(read_ints(out.pred_original_sample), vec![expected], "u = {u}");
+        assert_eq!(
+            read_ints(out.pred_original_sample),
+            vec![expected],
+            "u = {u}"
+        );
         assert_eq!(read_ints(out.prev_sample), vec![expected]);
     }
 }
