@@ -132,6 +132,11 @@ pub struct EditArgs {
     /// compare devices.
     #[arg(long)]
     pub tokens: Option<PathBuf>,
+    /// Print a table of stage timings (loading, text encoding, VQ, transformer and sampler per
+    /// step) and the peak resident memory to stderr after the edit. Waits for the device
+    /// between stages, which slows a GPU run slightly.
+    #[arg(long)]
+    pub timings: bool,
 }
 
 /// `editmgt generate`.
@@ -149,6 +154,10 @@ pub struct GenerateArgs {
     /// Sampling.
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Print a table of stage timings and the peak resident memory to stderr after the
+    /// generation (waits for the device between stages).
+    #[arg(long)]
+    pub timings: bool,
 }
 
 fn parse_device(s: &str) -> Result<DeviceSpec, String> {
@@ -222,11 +231,13 @@ mod tests {
             "bf16",
             "--device",
             "cuda:1",
+            "--timings",
         ])
         .unwrap();
         let Command::Edit(args) = cli.command else {
             panic!("edit")
         };
+        assert!(args.timings);
         assert_eq!(args.hold, Some(0.01));
         assert_eq!(args.model.dtype, FloatType::BF16);
         assert_eq!(args.model.device, DeviceSpec::Cuda(1));

@@ -124,7 +124,8 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
         .steps(args.sampling.steps)
         .guidance(args.sampling.guidance)
         .reference_strength(args.strength)
-        .seed(args.sampling.seed);
+        .seed(args.sampling.seed)
+        .timings(args.timings);
     if let Some(negative) = &args.sampling.negative {
         request = request.negative_prompt(negative);
     }
@@ -175,6 +176,9 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
         heat.save(path)
             .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
     }
+    if args.timings {
+        eprint!("{}", output.timings.table(Some(editor.load_timings())));
+    }
     Ok(())
 }
 
@@ -193,7 +197,8 @@ fn generate(args: GenerateArgs) -> Result<(), AnyError> {
     let mut request = GenerateRequest::new(&args.prompt)
         .steps(args.sampling.steps)
         .guidance(args.sampling.guidance)
-        .seed(args.sampling.seed);
+        .seed(args.sampling.seed)
+        .timings(args.timings);
     if let Some(negative) = &args.sampling.negative {
         request = request.negative_prompt(negative);
     }
@@ -209,5 +214,8 @@ fn generate(args: GenerateArgs) -> Result<(), AnyError> {
         .image
         .save(&args.out)
         .map_err(|e| format!("cannot write `{}`: {e}", args.out.display()))?;
+    if args.timings {
+        eprint!("{}", output.timings.table(Some(editor.load_timings())));
+    }
     Ok(())
 }

@@ -76,22 +76,37 @@ fn edits_an_image_and_writes_a_png_of_the_input_size() {
 fn generates_an_image() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("cat.png");
-    succeeds(
-        editmgt()
-            .args(["generate", "--model"])
-            .arg(model_dir())
-            .args([
-                "--prompt",
-                "a white cat",
-                "--steps",
-                "1",
-                "--quiet",
-                "--out",
-            ])
-            .arg(&out),
-    );
+    let output = editmgt()
+        .args(["generate", "--model"])
+        .arg(model_dir())
+        .args([
+            "--prompt",
+            "a white cat",
+            "--steps",
+            "2",
+            "--quiet",
+            "--timings",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "stderr: {stderr}");
     let image = image::open(&out).unwrap();
     assert_eq!((image.width(), image.height()), (1024, 1024));
+    // `--timings` prints the stage table to stderr.
+    for row in [
+        "load transformer",
+        "transformer, step 1",
+        "edit total",
+        "peak RSS",
+    ] {
+        assert!(
+            stderr.lines().any(|line| line.starts_with(row)),
+            "no `{row}` row in stderr: {stderr}"
+        );
+    }
 }
 
 #[test]

@@ -57,7 +57,11 @@ fn concurrent_edits_equal_sequential_ones() {
         assert!(a.image == b.image, "request {k}: image");
         assert_eq!(a.localisation.len(), b.localisation.len(), "request {k}");
         for (x, y) in a.localisation.iter().zip(&b.localisation) {
-            assert_eq!(x.as_slice(), y.as_slice(), "request {k}: localisation");
+            assert_eq!(
+                x.to_vec().unwrap(),
+                y.to_vec().unwrap(),
+                "request {k}: localisation"
+            );
         }
     }
     // The requests differ, so equal results are not a coincidence of identical inputs.

@@ -19,6 +19,7 @@ pub mod config;
 mod dtype;
 mod error;
 pub mod limits;
+pub mod rng;
 pub mod select;
 pub mod shapes;
 pub mod weights;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use editmgt_attention::{AdaptiveSmoothing, Localizer, ScoreMap, TextRows};
@@ -20,6 +21,7 @@ use image::{GrayImage, RgbImage};
 use crate::EditError;
 use crate::mask::mask_grid;
 use crate::request::{EditRequest, GenerateRequest};
+use crate::timings::{LoadTimings, Timings};
 
 /// When the text encoders (CLIP and Gemma-2, ~11 GB in f32 for the released model) are in
 /// memory.
@@ -183,6 +185,9 @@ pub struct EditOutput {
     pub localisation: Vec<ScoreMap>,
     /// What the edit read back from the device (for a batch: the whole batch's).
     pub readback: Readback,
+    /// How long the edit's stages took (for a batch: the whole batch's). On a GPU these are
+    /// the host's queueing times unless [`EditRequest::timings`] asked for them.
+    pub timings: Timings,
 }
 
 /// The result of text-to-image generation.
@@ -196,6 +201,9 @@ pub struct GenerateOutput {
     pub grid: (usize, usize),
     /// What the generation read back from the device.
     pub readback: Readback,
+    /// How long the generation's stages took. On a GPU these are the host's queueing times
+    /// unless [`GenerateRequest::timings`] asked for them.
+    pub timings: Timings,
 }
 
 /// A loaded EditMGT model on one device.
@@ -212,6 +220,7 @@ pub struct Editor {
     text: Option<TextEncoder>,
     tokenizers: TextTokenizers,
     scheduler: SchedulerConfig,
+    load_timings: LoadTimings,
 }
 
 /// The blocks consolidated by default, for the released model's depth.
@@ -228,6 +237,8 @@ struct Shared {
     temperature: Temperature,
     hold: Option<(f32, Vec<usize>)>,
     record: bool,
+    /// Wait for the device at stage boundaries (timings were asked for).
+    sync: bool,
 }
 
 /// One item of a batch.
@@ -250,6 +261,8 @@ struct Outcome {
     /// Per item, the recorded localisation maps.
     localisation: Vec<Vec<ScoreMap>>,
     readback: Readback,
+    /// The stages timed so far (text, VQ encode, the steps, the read-back).
+    timings: Timings,
 }
 
 impl Editor {
@@ -260,6 +273,7 @@ impl Editor {
         device: &Device,
         options: EditorOptions,
     ) -> Result<Self, EditError> {
+        let started = Instant::now();
         let model_dir = component_folder(path.as_ref(), "")?;
         options.float.check_device(device)?;
         let scheduler = SchedulerConfig::from_model_dir(&model_dir)?;
@@ -268,9 +282,12 @@ impl Editor {
         } else {
             options.float
         };
+        let mut stage = Instant::now();
         let vq = VqModel::from_folder(model_dir.join("vqvae"), device, vq_float)?;
+        let vq_time = lap(&mut stage);
         let mgt = MgtTransformer::load(&model_dir, device, options.float)?;
         let mgt = crate::adapter::apply(mgt, options.lora.as_ref(), device)?;
+        let transformer_time = lap(&mut stage);
         let (text, tokenizers) = match options.text_encoders {
             TextEncoders::Keep => {
                 let text = TextEncoder::from_model_dir(&model_dir, device, options.float)?;
@@ -279,6 +296,7 @@ impl Editor {
             }
             TextEncoders::LoadPerCall => (None, TextTokenizers::from_model_dir(&model_dir)?),
         };
+        let text_time = lap(&mut stage);
         let factor = vq.downsampling_factor() as u32;
         let step = factor * if mgt.config().downsample { 2 } else { 1 };
         if options.resolution == 0 || !options.resolution.is_multiple_of(step) {
@@ -297,6 +315,12 @@ impl Editor {
             text,
             tokenizers,
             scheduler,
+            load_timings: LoadTimings {
+                vq: vq_time,
+                transformer: transformer_time,
+                text_encoders: text_time,
+                total: started.elapsed(),
+            },
         })
     }
 
@@ -313,6 +337,11 @@ impl Editor {
     /// The options the editor was loaded with.
     pub fn options(&self) -> &EditorOptions {
         &self.options
+    }
+
+    /// How long loading each component took.
+    pub fn load_timings(&self) -> &LoadTimings {
+        &self.load_timings
     }
 
     /// The transformer's number of blocks (double-stream then single-stream).
@@ -376,10 +405,11 @@ impl Editor {
         items: &[(&RgbImage, &EditRequest)],
         hooks: Hooks<'_>,
     ) -> Result<Vec<EditOutput>, EditError> {
+        let started = Instant::now();
         let (_, first) = items
             .first()
             .ok_or_else(|| EditError::invalid("items", 0, "at least one image to edit"))?;
-        let shared = self.shared(first)?;
+        let mut shared = self.shared(first)?;
         for (_, request) in &items[1..] {
             let other = self.shared(request)?;
             if let Some(field) = shared.differs(&other) {
@@ -390,6 +420,7 @@ impl Editor {
                 ));
             }
         }
+        shared.sync = items.iter().any(|(_, request)| request.timings);
         let resolution = self.options.resolution;
         let jobs = items
             .iter()
@@ -420,25 +451,33 @@ impl Editor {
         let mut outcome = self.run(&jobs, &shared, hooks)?;
         let images = self.decode(&mut outcome)?;
         let readback = outcome.readback;
-        Ok(outcome
-            .host_tokens
+        let images: Vec<RgbImage> = images
             .into_iter()
-            .zip(outcome.localisation)
-            .zip(images)
             .zip(&jobs)
-            .map(|(((tokens, localisation), image), job)| {
+            .map(|(image, job)| {
                 let (w, h) = job
                     .source
                     .as_ref()
                     .map(|s| s.1)
                     .unwrap_or((resolution, resolution));
-                EditOutput {
-                    image: imaging::resize(&image, w, h),
-                    tokens,
-                    grid: self.token_grid(),
-                    localisation,
-                    readback,
-                }
+                imaging::resize(&image, w, h)
+            })
+            .collect();
+        let mut timings = outcome.timings;
+        timings.total = started.elapsed();
+        timings.peak_rss = crate::timings::peak_rss();
+        Ok(outcome
+            .host_tokens
+            .into_iter()
+            .zip(outcome.localisation)
+            .zip(images)
+            .map(|((tokens, localisation), image)| EditOutput {
+                image,
+                tokens,
+                grid: self.token_grid(),
+                localisation,
+                readback,
+                timings: timings.clone(),
             })
             .collect())
     }
@@ -454,6 +493,7 @@ impl Editor {
         request: &GenerateRequest,
         hooks: Hooks<'_>,
     ) -> Result<GenerateOutput, EditError> {
+        let started = Instant::now();
         check_common(request.steps, request.guidance)?;
         let shared = Shared {
             steps: request.steps,
@@ -462,6 +502,7 @@ impl Editor {
             temperature: request.temperature,
             hold: None,
             record: false,
+            sync: request.timings,
         };
         let job = Job {
             prompt: &request.prompt,
@@ -476,11 +517,15 @@ impl Editor {
         };
         let mut outcome = self.run(std::slice::from_ref(&job), &shared, hooks)?;
         let image = self.decode(&mut outcome)?.remove(0);
+        let mut timings = outcome.timings;
+        timings.total = started.elapsed();
+        timings.peak_rss = crate::timings::peak_rss();
         Ok(GenerateOutput {
             image,
             tokens: outcome.host_tokens.remove(0),
             grid: self.token_grid(),
             readback: outcome.readback,
+            timings,
         })
     }
 
@@ -558,6 +603,7 @@ impl Editor {
             temperature: request.temperature,
             hold,
             record: request.record_localisation,
+            sync: request.timings,
         })
     }
 
@@ -592,6 +638,10 @@ impl Editor {
         let guided = shared.guidance > 1.0;
         let device = &self.device;
         let loop_readback = Cell::new(0u64);
+        let mut timings = Timings {
+            synced: shared.sync,
+            ..Timings::default()
+        };
 
         // Query rows (in the Gemma tokenisation, where the attention rows come from).
         let rows: Vec<Option<Vec<usize>>> = jobs
@@ -618,7 +668,10 @@ impl Editor {
             prompts.extend(jobs.iter().map(|j| j.negative));
         }
         prompts.extend(jobs.iter().map(|j| j.prompt));
+        let mut stage = Instant::now();
         let text = self.encode(&prompts)?;
+        settle(device, shared.sync)?;
+        timings.text_encoding = lap(&mut stage);
         let rows_in_batch = prompts.len();
 
         // Source tokens, on the device. In mask mode the masked cells start as mask tokens, and
@@ -631,6 +684,8 @@ impl Editor {
                 .filter_map(|j| j.source.as_ref().map(|s| &s.0))
                 .collect();
             let grid = self.vq.tokenize(imaging::to_tensor(&images, device)?)?;
+            settle(device, shared.sync)?;
+            timings.vq_encode = Some(lap(&mut stage));
             Some(grid.reshape([n, cells]))
         } else {
             None
@@ -746,6 +801,7 @@ impl Editor {
         let mut faults: Option<Faults> = None;
         let mut localisation: Vec<Vec<ScoreMap>> = vec![Vec::new(); n];
         for step in 0..shared.steps {
+            let mut stage = Instant::now();
             let timestep = sampler.schedule().timestep(step)?;
             let mut input = MgtInput::new(
                 doubled(tokens.clone().reshape([n, h, w]), guided),
@@ -773,6 +829,8 @@ impl Editor {
                 }
                 None => None,
             };
+            settle(device, shared.sync)?;
+            timings.transformer.push(lap(&mut stage));
 
             // Head, guidance and sampler over groups of items whose logits fit one buffer of
             // the device (all items at once on the CPU).
@@ -825,6 +883,8 @@ impl Editor {
                 start = end;
             }
             tokens = Tensor::cat(next, 0);
+            settle(device, shared.sync)?;
+            timings.sampler.push(lap(&mut stage));
             let scores = located.map(|l| l.scores);
             if shared.record
                 && let Some(scores) = &scores
@@ -851,6 +911,7 @@ impl Editor {
         }
 
         // One read after the loop: the final tokens with the sampler's fault report.
+        let read_start = Instant::now();
         let tokens_read = Cell::new(0u64);
         let mut flat = vec![tokens.clone().reshape([n * cells])];
         if let Some(faults) = &faults {
@@ -865,6 +926,7 @@ impl Editor {
             .chunks_exact(cells)
             .map(|row| row.iter().map(|&t| t as u32).collect())
             .collect();
+        timings.readback = read_start.elapsed();
         Ok(Outcome {
             tokens,
             host_tokens,
@@ -874,12 +936,14 @@ impl Editor {
                 tokens: tokens_read.get(),
                 images: 0,
             },
+            timings,
         })
     }
 
     /// Decodes the final token grids to images at the model resolution, one item at a time;
     /// mask tokens left in a grid decode as token 0, as in the reference.
     fn decode(&self, outcome: &mut Outcome) -> Result<Vec<RgbImage>, EditError> {
+        let started = Instant::now();
         let (h, w) = self.token_grid();
         let mask_id = i64::from(self.scheduler.mask_token_id);
         let [n, _] = outcome.tokens.dims();
@@ -891,6 +955,7 @@ impl Editor {
             outcome.readback.images += 4 * pixels.shape().num_elements() as u64;
             images.extend(imaging::from_tensor(pixels)?);
         }
+        outcome.timings.vq_decode = started.elapsed();
         Ok(images)
     }
 }
@@ -929,6 +994,26 @@ impl Shared {
             None
         }
     }
+}
+
+/// The time since `since`, restarting it.
+fn lap(since: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let elapsed = now.duration_since(*since);
+    *since = now;
+    elapsed
+}
+
+/// A stage boundary: waits for the device's queued work when timings were asked for, and does
+/// nothing otherwise (the default edit never stalls the device's queue; nothing is read back
+/// either way).
+fn settle(device: &Device, sync: bool) -> Result<(), EditError> {
+    if sync {
+        device
+            .sync()
+            .map_err(|e| EditError::Execution(e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Whether the VQ configuration asks for f32 decoding (`force_upcast`).

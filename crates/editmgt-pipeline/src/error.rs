@@ -62,6 +62,10 @@ pub enum EditError {
     /// Reading tensor data back from the device failed.
     #[error("reading tensor data back from the device failed: {0}")]
     Readback(String),
+    /// Waiting for the device's queued work failed (an operation failed to execute); only
+    /// when a request asks for timings.
+    #[error("waiting for the device failed: {0}")]
+    Execution(String),
 }
 
 impl EditError {

@@ -40,6 +40,7 @@ mod error;
 mod hub;
 mod mask;
 mod request;
+mod timings;
 
 pub use adapter::LoraOptions;
 pub use device::DeviceSpec;
@@ -50,6 +51,7 @@ pub use editor::{
 pub use error::EditError;
 pub use mask::mask_grid;
 pub use request::{DEFAULT_NEGATIVE_PROMPT, EditRequest, GenerateRequest, RegionHold};
+pub use timings::{LoadTimings, Timings, peak_rss};
 
 pub use burn::tensor::Device;
 pub use editmgt_attention::ScoreMap;

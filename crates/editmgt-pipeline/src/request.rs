@@ -77,6 +77,12 @@ pub struct EditRequest {
     /// Return the localisation map of every step in [`EditOutput::localisation`](crate::EditOutput).
     /// Needs [`EditRequest::region_hold`] (a threshold of 0 computes maps without holding).
     pub record_localisation: bool,
+    /// Wait for the device at every stage boundary, so that
+    /// [`EditOutput::timings`](crate::EditOutput) holds each stage's time on a GPU too (off by
+    /// default: waiting stalls the device's queue; the timings are then the host's queueing
+    /// times on a GPU). Reads nothing back. In a batch, the device is waited for when any item
+    /// asks.
+    pub timings: bool,
 }
 
 impl EditRequest {
@@ -93,6 +99,7 @@ impl EditRequest {
             region_hold: None,
             mask: None,
             record_localisation: false,
+            timings: false,
         }
     }
 
@@ -150,6 +157,13 @@ impl EditRequest {
         self
     }
 
+    /// Asks for stage timings measured with the device waited for at every stage boundary
+    /// ([`EditRequest::timings`]).
+    pub fn timings(mut self, timings: bool) -> Self {
+        self.timings = timings;
+        self
+    }
+
     pub(crate) fn negative(&self) -> &str {
         self.negative_prompt
             .as_deref()
@@ -172,6 +186,10 @@ pub struct GenerateRequest {
     pub temperature: Temperature,
     /// Seed of the default noise source.
     pub seed: u64,
+    /// Wait for the device at every stage boundary, so that
+    /// [`GenerateOutput::timings`](crate::GenerateOutput) holds each stage's time on a GPU too
+    /// (off by default; see [`EditRequest::timings`]).
+    pub timings: bool,
 }
 
 impl GenerateRequest {
@@ -184,6 +202,7 @@ impl GenerateRequest {
             guidance: 6.0,
             temperature: Temperature::Range(2.0, 0.0),
             seed: 0,
+            timings: false,
         }
     }
 
@@ -214,6 +233,13 @@ impl GenerateRequest {
     /// Sets the seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Asks for stage timings measured with the device waited for at every stage boundary
+    /// ([`GenerateRequest::timings`]).
+    pub fn timings(mut self, timings: bool) -> Self {
+        self.timings = timings;
         self
     }
 }

@@ -376,3 +376,50 @@ fn an_edit_reads_back_only_its_final_tokens_and_image() {
         out.readback
     );
 }
+
+#[test]
+fn timings_have_one_transformer_and_sampler_entry_per_step() {
+    let image = source();
+    let request = EditRequest::new("make the sky blue")
+        .steps(3)
+        .region_hold(RegionHold::new(0.3).blocks(hold_blocks()))
+        .timings(true);
+    let out = editor().edit(&image, &request).unwrap();
+    let t = &out.timings;
+    println!("{}", t.table(Some(editor().load_timings())));
+    assert!(t.synced);
+    assert_eq!(t.transformer.len(), request.steps, "{t:?}");
+    assert_eq!(t.sampler.len(), request.steps, "{t:?}");
+    assert!(t.vq_encode.is_some(), "{t:?}");
+    assert!(t.total > std::time::Duration::ZERO, "{t:?}");
+    let stages = t.text_encoding
+        + t.vq_encode.unwrap_or_default()
+        + t.transformer.iter().sum::<std::time::Duration>()
+        + t.sampler.iter().sum::<std::time::Duration>()
+        + t.readback
+        + t.vq_decode;
+    assert!(stages <= t.total, "{t:?}");
+    #[cfg(target_os = "linux")]
+    assert!(t.peak_rss.is_some_and(|bytes| bytes > 0), "{t:?}");
+    // Waiting for the device reads nothing back: only the final tokens and the image.
+    assert_eq!(out.readback.in_loop, 0, "{:?}", out.readback);
+    let load = editor().load_timings();
+    assert!(load.total >= load.vq + load.transformer + load.text_encoders);
+    assert!(load.transformer > std::time::Duration::ZERO);
+
+    // Without the flag the stages are still timed (host times), the same way.
+    let out = editor()
+        .edit(&image, &request.clone().timings(false))
+        .unwrap();
+    assert!(!out.timings.synced);
+    assert_eq!(out.timings.transformer.len(), request.steps);
+    assert_eq!(out.timings.sampler.len(), request.steps);
+
+    // A generation has no VQ encode.
+    let generated = editor()
+        .generate(&GenerateRequest::new("a white cat").steps(2).timings(true))
+        .unwrap();
+    assert_eq!(generated.timings.vq_encode, None);
+    assert_eq!(generated.timings.transformer.len(), 2);
+    assert!(generated.timings.total > std::time::Duration::ZERO);
+}

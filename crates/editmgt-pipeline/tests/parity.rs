@@ -51,6 +51,19 @@ fn identical(what: &str, ours: &[u32], expected: &[i64]) -> f64 {
         .filter(|(a, b)| i64::from(**a) == **b)
         .count();
     println!("{what}: {same}/{} tokens identical", expected.len());
+    // The first few differences (position, ours, the reference's), to tell a re-masking near-tie
+    // (one side is the mask token) from a sampling or hold difference.
+    let differences: Vec<(usize, u32, i64)> = ours
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .filter(|(_, (a, b))| i64::from(**a) != **b)
+        .map(|(i, (a, b))| (i, *a, *b))
+        .take(8)
+        .collect();
+    if !differences.is_empty() {
+        println!("{what}: first differences (position, ours, reference): {differences:?}");
+    }
     same as f64 / expected.len() as f64
 }
 

@@ -15,6 +15,7 @@
 //! through [`ReplayNoise`]; [`SeededNoise`] is the portable seeded default.
 
 use burn::tensor::{Device, Tensor, TensorData};
+use editmgt_core::rng::SplitMix64;
 
 use crate::NoiseError;
 use crate::math::ln_f32;
@@ -63,27 +64,25 @@ pub fn draws_per_step(batch: usize, positions: usize, last_step: bool) -> usize 
 /// every platform and thread count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeededNoise {
-    state: u64,
+    rng: SplitMix64,
 }
 
 impl SeededNoise {
     /// A generator whose initial state is `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { state: seed }
+        Self {
+            rng: SplitMix64::new(seed),
+        }
     }
 
     /// The next 64-bit output.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     /// The next uniform: `(next_u64() >> 40) * 2^-24`, in `[0, 1)`.
     pub fn next_uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 * (1.0 / 16_777_216.0)
+        self.rng.next_f32()
     }
 }
 

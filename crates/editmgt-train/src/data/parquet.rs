@@ -41,21 +41,34 @@ fn column<'a>(row: &'a Row, name: &str) -> Result<&'a Field, String> {
         .ok_or_else(|| format!("no column `{name}`"))
 }
 
+/// The Parquet type of a field, for error messages.
+fn kind(field: &Field) -> &'static str {
+    match field {
+        Field::Null => "null",
+        Field::Bool(_) => "a bool",
+        Field::Byte(_) | Field::Short(_) | Field::Int(_) | Field::Long(_) => "an integer",
+        Field::UByte(_) | Field::UShort(_) | Field::UInt(_) | Field::ULong(_) => "an integer",
+        Field::Float16(_) | Field::Float(_) | Field::Double(_) => "a float",
+        Field::Decimal(_) => "a decimal",
+        Field::Str(_) => "a string",
+        Field::Bytes(_) => "bytes",
+        Field::Date(_) | Field::TimeMillis(_) | Field::TimeMicros(_) => "a date or time",
+        Field::TimestampMillis(_) | Field::TimestampMicros(_) => "a timestamp",
+        Field::Group(_) => "a group",
+        Field::ListInternal(_) => "a list",
+        Field::MapInternal(_) => "a map",
+    }
+}
+
 fn image_bytes(row: &Row, name: &str) -> Result<Vec<u8>, String> {
     match column(row, name)? {
         Field::Bytes(b) => Ok(b.data().to_vec()),
         Field::Group(inner) => match column(inner, "bytes")? {
             Field::Bytes(b) => Ok(b.data().to_vec()),
-            other => Err(format!(
-                "`{name}.bytes` is {}, expected bytes",
-                other.get_type_name()
-            )),
+            other => Err(format!("`{name}.bytes` is {}, expected bytes", kind(other))),
         },
         Field::Null => Err(format!("`{name}` is null")),
-        other => Err(format!(
-            "`{name}` is {}, expected bytes",
-            other.get_type_name()
-        )),
+        other => Err(format!("`{name}` is {}, expected bytes", kind(other))),
     }
 }
 
@@ -66,10 +79,7 @@ fn text(row: &Row, name: &str) -> Result<String, String> {
             String::from_utf8(b.data().to_vec()).map_err(|_| format!("`{name}` is not UTF-8"))
         }
         Field::Null => Err(format!("`{name}` is null")),
-        other => Err(format!(
-            "`{name}` is {}, expected a string",
-            other.get_type_name()
-        )),
+        other => Err(format!("`{name}` is {}, expected a string", kind(other))),
     }
 }
 

@@ -4,7 +4,9 @@
 /// that chunks can be generated in parallel and still give the same values on any machine).
 pub const CHUNK: usize = 1 << 20;
 
-/// One SplitMix64 step: advances `state` and returns the next 64 random bits.
+/// One SplitMix64 step: advances `state` and returns the next 64 random bits. (The same as
+/// `editmgt_core::rng::splitmix64`; the test kit cannot depend on editmgt-core, whose tests
+/// depend on the test kit.)
 pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
