@@ -144,8 +144,8 @@ impl Readback {
     }
 }
 
-/// Optional hooks into an edit: a progress callback (which can cancel) and replacement noise
-/// sources.
+/// Optional hooks into an edit: a progress callback (which can cancel), replacement noise
+/// sources, and teacher forcing.
 #[derive(Default)]
 pub struct Hooks<'a> {
     /// Called after every step; returning [`Flow::Cancel`] stops the edit.
@@ -153,6 +153,12 @@ pub struct Hooks<'a> {
     /// One noise source per batch item, replacing the seeded default (e.g. a
     /// [`ReplayNoise`](editmgt_sampler::ReplayNoise) of recorded uniforms).
     pub noise: Option<Vec<Box<dyn NoiseSource + 'a>>>,
+    /// Teacher forcing, for parity tests and debugging: called after every step (and after
+    /// `progress`) with the step's number (1-based, as [`StepEvent::step`]). Tokens it returns
+    /// (every batch item's grid, item after item, row-major; the mask token allowed) replace
+    /// the step's output as the next step's input, so each step can be compared with a
+    /// reference from the same state. Costs one upload per forced step; nothing when unset.
+    pub force_tokens: Option<&'a mut dyn FnMut(usize) -> Option<Vec<u32>>>,
 }
 
 impl<'a> Hooks<'a> {
@@ -161,12 +167,22 @@ impl<'a> Hooks<'a> {
         Self {
             progress: Some(callback),
             noise: None,
+            force_tokens: None,
         }
     }
 
     /// Replaces the seeded noise with these sources (one per batch item).
     pub fn with_noise(mut self, noise: Vec<Box<dyn NoiseSource + 'a>>) -> Self {
         self.noise = Some(noise);
+        self
+    }
+
+    /// Adds teacher forcing (see [`Hooks::force_tokens`]).
+    pub fn with_forced_tokens(
+        mut self,
+        force: &'a mut dyn FnMut(usize) -> Option<Vec<u32>>,
+    ) -> Self {
+        self.force_tokens = Some(force);
         self
     }
 }
@@ -352,6 +368,12 @@ impl Editor {
     /// The codebook size of the transformer's predictions (token ids are below it).
     pub fn codebook_size(&self) -> usize {
         self.mgt.config().codebook_size
+    }
+
+    /// The id of the mask token (the scheduler's `mask_token_id`): the value of a cell that is
+    /// still to be generated.
+    pub fn mask_token_id(&self) -> u32 {
+        self.scheduler.mask_token_id
     }
 
     /// The grid `(height, width)` of the attention maps and localisation scores (the token grid,
@@ -743,6 +765,7 @@ impl Editor {
                 .collect(),
         };
         let mut progress = hooks.progress;
+        let mut force_tokens = hooks.force_tokens;
 
         // What the transformer needs every step.
         let text_len = text.encoder_hidden_states.dims()[1];
@@ -907,6 +930,31 @@ impl Editor {
                         total: shared.steps,
                     });
                 }
+            }
+            if let Some(forced) = force_tokens.as_mut().and_then(|force| force(step + 1)) {
+                let codebook = self.mgt.config().codebook_size;
+                if forced.len() != n * cells {
+                    return Err(EditError::invalid(
+                        "hooks.force_tokens",
+                        forced.len(),
+                        format!("{n} x {cells} tokens"),
+                    ));
+                }
+                if let Some(&bad) = forced
+                    .iter()
+                    .find(|&&t| t as usize >= codebook && i64::from(t) != mask_id)
+                {
+                    return Err(EditError::invalid(
+                        "hooks.force_tokens",
+                        bad,
+                        format!("token ids below {codebook}, or the mask token {mask_id}"),
+                    ));
+                }
+                let values: Vec<i64> = forced.into_iter().map(i64::from).collect();
+                tokens = editmgt_core::select::default_int(Tensor::from_data(
+                    TensorData::new(values, [n, cells]),
+                    device,
+                ));
             }
         }
 
