@@ -63,7 +63,6 @@ pub fn load_at(args: &ModelArgs, resolution: u32) -> Result<Editor, AnyError> {
             ..editmgt_pipeline::LoraOptions::new(dir)
         }),
         resolution,
-        ..EditorOptions::default()
     };
     match source {
         crate::checks::ModelSource::Folder(path) => {

@@ -223,7 +223,7 @@ impl StepNoise {
 }
 
 /// The Gumbel noise of a uniform, as the reference computes it in `f32`:
-/// `-ln(max(-ln(max(u, 1e-20)), 1e-20))` (with the portable [`ln_f32`](crate::math::ln_f32)).
+/// `-ln(max(-ln(max(u, 1e-20)), 1e-20))` (with the portable [`ln_f32`]).
 pub fn gumbel(u: f32) -> f32 {
     -ln_f32((-ln_f32(u.max(1e-20))).max(1e-20))
 }

@@ -513,7 +513,7 @@ fn first_position(mask: Tensor<2, Bool>, values: Option<Tensor<2, Int>>) -> Tens
     let index = default_int(flat.int().argmax(0)); // [1]
     let value = match values {
         Some(v) => v.reshape([b * l]).gather(0, index.clone()) * any.clone(),
-        None => any.clone() * 0,
+        None => any.clone().zeros_like(),
     };
     Tensor::cat(vec![(index + 1) * any, value], 0)
 }

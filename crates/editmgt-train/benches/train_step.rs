@@ -84,7 +84,8 @@ fn bench(c: &mut Criterion) {
             lora,
             ..TrainConfig::default()
         };
-        let mut trainer = Trainer::new(model, config, &[device.clone()]).expect("trainer");
+        let mut trainer =
+            Trainer::new(model, config, std::slice::from_ref(&device)).expect("trainer");
         let micro = vec![vec![b.clone()]];
         trainer.train_step(&micro).expect("warm-up step");
         let mut group = c.benchmark_group("train_step_real_width_1d_2s");

@@ -22,7 +22,7 @@ fn adapter_dir(device: &Device) -> tempfile::TempDir {
         lora: Some(lora.clone()),
         ..TrainConfig::default()
     };
-    let trainer = Trainer::new(model, config, &[device.clone()]).expect("trainer");
+    let trainer = Trainer::new(model, config, std::slice::from_ref(device)).expect("trainer");
     let mut model = trainer.inference_model(false);
     let paths: Vec<String> = model.adapters().iter().map(|(p, _)| p.clone()).collect();
     for path in &paths {

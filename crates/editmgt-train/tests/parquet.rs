@@ -11,8 +11,11 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
 
+/// One row: (before, prompt, after), None = null.
+type Row<'a> = (Option<&'a [u8]>, Option<&'a str>, Option<&'a [u8]>);
+
 /// Writes rows of (before, prompt, after) with optional values (None = null).
-fn write(path: &std::path::Path, rows: &[(Option<&[u8]>, Option<&str>, Option<&[u8]>)]) {
+fn write(path: &std::path::Path, rows: &[Row<'_>]) {
     let schema = Arc::new(
         parse_message_type(
             "message edits { optional binary before; optional binary prompt (UTF8); optional binary after; }",

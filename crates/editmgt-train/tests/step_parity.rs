@@ -189,7 +189,7 @@ fn full_fine_tuning_step_matches_the_reference() {
         ..TrainConfig::default()
     };
     let mut trainer =
-        Trainer::new(tiny_model(&device), config, &[device.clone()]).expect("trainer");
+        Trainer::new(tiny_model(&device), config, std::slice::from_ref(&device)).expect("trainer");
     let count = case.meta["full_parameters"]
         .as_u64()
         .expect("full_parameters") as usize;
@@ -255,7 +255,7 @@ fn lora_step_matches_the_reference() {
         }),
         ..TrainConfig::default()
     };
-    let mut trainer = Trainer::new(model, config, &[device.clone()]).expect("trainer");
+    let mut trainer = Trainer::new(model, config, std::slice::from_ref(&device)).expect("trainer");
     check_step(&case, "lora", &mut trainer, &device);
 }
 
@@ -279,9 +279,9 @@ fn fixture_batch_follows_the_masking_rules() {
             editmgt_train::objective::masked_count(len, ratios[i] as f64)
         );
         assert!((timesteps[i] - ratios[i] * 1000.0).abs() <= 1e-3);
-        for j in 0..len {
+        for (j, &m) in row.iter().enumerate() {
             let k = i * len + j;
-            let expected = if row[j] == 1 {
+            let expected = if m == 1 {
                 tokens.data[k]
             } else {
                 editmgt_train::objective::IGNORE

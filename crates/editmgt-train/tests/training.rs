@@ -87,7 +87,8 @@ fn tiny_model_overfits_a_few_pairs() {
     let model = tiny_model(&device);
     let data = synthetic(&model, 2, 8, 8, 1);
     let steps = 60;
-    let trainer = Trainer::new(model, config(3e-3, steps), &[device.clone()]).expect("trainer");
+    let trainer =
+        Trainer::new(model, config(3e-3, steps), std::slice::from_ref(&device)).expect("trainer");
     let mut run = TrainRun::new(trainer, &data).expect("run");
     let losses: Vec<f32> = (0..steps).map(|_| run.step().expect("step").loss).collect();
     let head: f32 = losses[..5].iter().sum::<f32>() / 5.0;
@@ -128,8 +129,12 @@ fn resume_equals_an_uninterrupted_run() {
             });
         }
         let straight = {
-            let trainer =
-                Trainer::new(tiny_model(&device), cfg.clone(), &[device.clone()]).unwrap();
+            let trainer = Trainer::new(
+                tiny_model(&device),
+                cfg.clone(),
+                std::slice::from_ref(&device),
+            )
+            .unwrap();
             let mut run = TrainRun::new(trainer, &data).unwrap();
             for _ in 0..4 {
                 run.step().unwrap();
@@ -138,14 +143,23 @@ fn resume_equals_an_uninterrupted_run() {
         };
         let dir = tempfile::tempdir().unwrap();
         {
-            let trainer =
-                Trainer::new(tiny_model(&device), cfg.clone(), &[device.clone()]).unwrap();
+            let trainer = Trainer::new(
+                tiny_model(&device),
+                cfg.clone(),
+                std::slice::from_ref(&device),
+            )
+            .unwrap();
             let mut run = TrainRun::new(trainer, &data).unwrap();
             run.step().unwrap();
             run.step().unwrap();
             run.save(dir.path()).unwrap();
         }
-        let trainer = Trainer::new(tiny_model(&device), cfg.clone(), &[device.clone()]).unwrap();
+        let trainer = Trainer::new(
+            tiny_model(&device),
+            cfg.clone(),
+            std::slice::from_ref(&device),
+        )
+        .unwrap();
         let mut run = TrainRun::resume(trainer, &data, dir.path()).unwrap();
         assert_eq!(run.trainer().step(), 2);
         run.step().unwrap();
@@ -211,7 +225,7 @@ fn lora_streams_and_merging() {
         streams: LoraStreams::All,
         ..LoraConfig::default()
     });
-    let trainer = Trainer::new(model, cfg, &[device.clone()]).unwrap();
+    let trainer = Trainer::new(model, cfg, std::slice::from_ref(&device)).unwrap();
     let mut run = TrainRun::new(trainer, &data).unwrap();
     for _ in 0..3 {
         run.step().unwrap();

@@ -4,7 +4,7 @@
 //! - [`manifest`]: a JSONL manifest of `{source, instruction, target}` records (image paths
 //!   relative to the manifest), and Parquet files with image-bytes columns (`parquet`, feature
 //!   `parquet`).
-//! - [`prepare`]: runs the VQ encoder and the text encoders once per record and writes token and
+//! - [`prepare`](mod@prepare): runs the VQ encoder and the text encoders once per record and writes token and
 //!   embedding shards, so that training holds only the transformer.
 //! - [`shards`]: reading and writing the prepared shards.
 //! - [`stream`]: the shuffled, resumable order of examples.
