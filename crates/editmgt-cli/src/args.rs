@@ -60,7 +60,9 @@ pub struct ModelArgs {
     /// The float type of the weights: f32, f16 or bf16.
     #[arg(long, default_value = "f32", value_parser = parse_float)]
     pub dtype: FloatType,
-    /// Load the text encoders for each run and drop them after encoding (less memory).
+    /// Use the least memory: the text encoders are read from the files at each edit (CLIP
+    /// loaded and dropped, Gemma-2 one layer at a time), and freed memory goes back to the
+    /// system.
     #[arg(long)]
     pub low_memory: bool,
     /// A LoRA adapter folder (peft format, e.g. from `editmgt train`) applied to every stream.
@@ -91,6 +93,22 @@ pub struct SamplingArgs {
     pub quiet: bool,
 }
 
+/// How the source is attended to and held, shared by `editmgt edit` and `editmgt batch` (where
+/// they are the defaults of lines that do not set them).
+#[derive(Debug, Args)]
+pub struct EditingArgs {
+    /// Reference strength: how strongly the source is attended to (1 is neutral).
+    #[arg(long, default_value_t = 1.1)]
+    pub strength: f32,
+    /// Region hold threshold in [0, 1]: tokens scoring below it keep their source value
+    /// (0.01 is the released suggestion; off when not given).
+    #[arg(long)]
+    pub hold: Option<f32>,
+    /// Blocks whose attention localises the edit: `28..36` (inclusive) or `2,4`.
+    #[arg(long, value_parser = parse_blocks)]
+    pub hold_blocks: Option<BlockList>,
+}
+
 /// `editmgt edit`.
 #[derive(Debug, Args)]
 pub struct EditArgs {
@@ -109,19 +127,12 @@ pub struct EditArgs {
     /// Sampling.
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Reference strength: how strongly the source is attended to (1 is neutral).
-    #[arg(long, default_value_t = 1.1)]
-    pub strength: f32,
+    /// Strength and region hold.
+    #[command(flatten)]
+    pub editing: EditingArgs,
     /// A mask image (white = repaint); any size.
     #[arg(long)]
     pub mask: Option<PathBuf>,
-    /// Region hold threshold in [0, 1]: tokens scoring below it keep their source value
-    /// (0.01 is the released suggestion).
-    #[arg(long)]
-    pub hold: Option<f32>,
-    /// Blocks whose attention localises the edit: `28..36` (inclusive) or `2,4`.
-    #[arg(long, value_parser = parse_blocks)]
-    pub hold_blocks: Option<BlockList>,
     /// Localise only these words of the instruction.
     #[arg(long)]
     pub query: Option<String>,
@@ -238,10 +249,10 @@ mod tests {
             panic!("edit")
         };
         assert!(args.timings);
-        assert_eq!(args.hold, Some(0.01));
+        assert_eq!(args.editing.hold, Some(0.01));
         assert_eq!(args.model.dtype, FloatType::BF16);
         assert_eq!(args.model.device, DeviceSpec::Cuda(1));
-        assert_eq!(args.hold_blocks.unwrap().0.len(), 9);
+        assert_eq!(args.editing.hold_blocks.unwrap().0.len(), 9);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use image::ImageFormat;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::args::{BlockList, ModelArgs, SamplingArgs, parse_blocks};
+use crate::args::{BlockList, EditingArgs, ModelArgs, SamplingArgs, parse_blocks};
 use crate::checks;
 use crate::run::{AnyError, mean_map};
 
@@ -53,15 +53,9 @@ pub struct BatchArgs {
     /// Sampling defaults for lines that do not set them.
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// Default reference strength.
-    #[arg(long, default_value_t = 1.1)]
-    pub strength: f32,
-    /// Default region-hold threshold in [0, 1] (off when not given).
-    #[arg(long)]
-    pub hold: Option<f32>,
-    /// Default blocks whose attention localises the edit: `28..36` or `2,4`.
-    #[arg(long, value_parser = parse_blocks)]
-    pub hold_blocks: Option<BlockList>,
+    /// Defaults of strength and region hold for lines that do not set them.
+    #[command(flatten)]
+    pub editing: EditingArgs,
     /// The square resolution edits run at (the model's: 1024 for the released one).
     #[arg(long, default_value_t = editmgt_pipeline::EditorOptions::default().resolution)]
     pub resolution: u32,
@@ -481,13 +475,13 @@ fn parse_line(text: &str, line: usize, base: &Path, args: &BatchArgs) -> Result<
     let mut request = EditRequest::new(&fields.prompt)
         .steps(fields.steps.unwrap_or(args.sampling.steps))
         .guidance(fields.guidance.unwrap_or(args.sampling.guidance))
-        .reference_strength(fields.strength.unwrap_or(args.strength))
+        .reference_strength(fields.strength.unwrap_or(args.editing.strength))
         .seed(fields.seed.unwrap_or(args.sampling.seed));
     if let Some(negative) = fields.negative.as_ref().or(args.sampling.negative.as_ref()) {
         request = request.negative_prompt(negative);
     }
     let blocks = match &fields.hold_blocks {
-        None => args.hold_blocks.clone(),
+        None => args.editing.hold_blocks.clone(),
         Some(Value::String(text)) => {
             Some(parse_blocks(text).map_err(|e| format!("hold_blocks: {e}"))?)
         }
@@ -507,7 +501,7 @@ fn parse_line(text: &str, line: usize, base: &Path, args: &BatchArgs) -> Result<
             ));
         }
     };
-    let hold = fields.hold.or(args.hold);
+    let hold = fields.hold.or(args.editing.hold);
     let wants_maps = hold.is_some() || heatmap.is_some() || fields.query.is_some();
     if wants_maps {
         let mut region = RegionHold::new(hold.unwrap_or(0.0));

@@ -122,7 +122,7 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
     let mut request = EditRequest::new(&args.prompt)
         .steps(args.sampling.steps)
         .guidance(args.sampling.guidance)
-        .reference_strength(args.strength)
+        .reference_strength(args.editing.strength)
         .seed(args.sampling.seed)
         .timings(args.timings);
     if let Some(negative) = &args.sampling.negative {
@@ -131,13 +131,13 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
     if let Some(mask) = &args.mask {
         request = request.mask(editmgt_pipeline::load_mask(mask)?);
     }
-    let wants_maps = args.hold.is_some() || args.heatmap.is_some() || args.query.is_some();
-    if args.hold_blocks.is_some() && !wants_maps {
+    let wants_maps = args.editing.hold.is_some() || args.heatmap.is_some() || args.query.is_some();
+    if args.editing.hold_blocks.is_some() && !wants_maps {
         return Err("--hold-blocks needs --hold, --query or --heatmap".into());
     }
     if wants_maps {
-        let mut hold = RegionHold::new(args.hold.unwrap_or(0.0));
-        if let Some(blocks) = &args.hold_blocks {
+        let mut hold = RegionHold::new(args.editing.hold.unwrap_or(0.0));
+        if let Some(blocks) = &args.editing.hold_blocks {
             hold = hold.blocks(blocks.0.iter().copied());
         }
         if let Some(query) = &args.query {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
+use burn::tensor::TensorData;
 use burn_store::burn_pack::Tensor as PackTensor;
 use burn_store::{
     ApplyError, FloatCastAdapter, ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
@@ -107,6 +108,103 @@ impl WeightFiles {
             );
         }
         Ok(out)
+    }
+
+    /// Rows `rows` of the 2-d float tensor `name` (an embedding table, say) as an f32 matrix
+    /// `[rows.len(), width]`, read straight from the file that holds it.
+    ///
+    /// Only the requested rows are read (with ordinary reads, not a mapping), so looking up a
+    /// prompt's tokens in a 2.4 GB embedding table costs a few kilobytes of memory. Values are
+    /// converted exactly from F32, F16 or BF16. Errors name the file and tensor: a tensor that is
+    /// not there, not 2-d, not a float, or a row at or beyond its first dimension.
+    pub fn read_rows(&self, name: &str, rows: &[u32]) -> Result<TensorData, LoadError> {
+        use std::io::{Read, Seek, SeekFrom};
+        for path in &self.files {
+            let io = |source| LoadError::Io {
+                path: path.clone(),
+                source,
+            };
+            let corrupt = |reason: String| LoadError::CorruptWeights {
+                path: path.clone(),
+                reason,
+            };
+            let mut file = std::fs::File::open(path).map_err(io)?;
+            let mut size = [0u8; 8];
+            file.read_exact(&mut size).map_err(io)?;
+            let header_len = usize::try_from(u64::from_le_bytes(size))
+                .ok()
+                .filter(|&n| n <= 100_000_000)
+                .ok_or_else(|| corrupt("the header length is implausible".into()))?;
+            let mut header = vec![0u8; header_len];
+            file.read_exact(&mut header).map_err(io)?;
+            let metadata: safetensors::tensor::Metadata =
+                serde_json::from_slice(&header).map_err(|e| corrupt(e.to_string()))?;
+            let Some(info) = metadata.info(name) else {
+                continue;
+            };
+            let [count, width] = info.shape[..] else {
+                return Err(LoadError::Weights {
+                    path: path.clone(),
+                    message: format!(
+                        "tensor `{name}` has shape {:?}; rows can only be read from a 2-d tensor",
+                        info.shape
+                    ),
+                });
+            };
+            let bytes = match info.dtype {
+                safetensors::Dtype::F32 => 4,
+                safetensors::Dtype::F16 | safetensors::Dtype::BF16 => 2,
+                other => {
+                    return Err(LoadError::DTypeMismatch {
+                        path: path.clone(),
+                        tensor: name.to_string(),
+                        expected: "F32, F16 or BF16".into(),
+                        found: format!("{other:?}"),
+                    });
+                }
+            };
+            if info.data_offsets.1 - info.data_offsets.0 != count * width * bytes {
+                return Err(corrupt(format!(
+                    "tensor `{name}`'s data does not match its shape"
+                )));
+            }
+            let start = 8 + header_len as u64 + info.data_offsets.0 as u64;
+            let mut raw = vec![0u8; width * bytes];
+            let mut out = Vec::with_capacity(rows.len() * width);
+            for &row in rows {
+                let row = row as usize;
+                if row >= count {
+                    return Err(LoadError::Weights {
+                        path: path.clone(),
+                        message: format!(
+                            "row {row} of tensor `{name}` requested, but it has {count} rows"
+                        ),
+                    });
+                }
+                file.seek(SeekFrom::Start(start + (row * width * bytes) as u64))
+                    .map_err(io)?;
+                file.read_exact(&mut raw).map_err(io)?;
+                match info.dtype {
+                    safetensors::Dtype::F32 => out.extend(
+                        raw.chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    ),
+                    safetensors::Dtype::F16 => out.extend(
+                        raw.chunks_exact(2)
+                            .map(|b| burn::tensor::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                    ),
+                    _ => out.extend(
+                        raw.chunks_exact(2)
+                            .map(|b| burn::tensor::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                    ),
+                }
+            }
+            return Ok(TensorData::new(out, [rows.len(), width]));
+        }
+        Err(LoadError::MissingTensors {
+            path: self.primary().to_path_buf(),
+            tensors: vec![name.to_string()],
+        })
     }
 
     /// Opens every file (memory-mapped) and returns its tensors, unread.

@@ -336,6 +336,7 @@ impl Editor {
                 transformer: transformer_time,
                 text_encoders: text_time,
                 total: started.elapsed(),
+                peak_rss: crate::timings::peak_rss(),
             },
         })
     }
@@ -694,6 +695,7 @@ impl Editor {
         let text = self.encode(&prompts)?;
         settle(device, shared.sync)?;
         timings.text_encoding = lap(&mut stage);
+        timings.mark_peak("text encoding");
         let rows_in_batch = prompts.len();
 
         // Source tokens, on the device. In mask mode the masked cells start as mask tokens, and
@@ -708,6 +710,7 @@ impl Editor {
             let grid = self.vq.tokenize(imaging::to_tensor(&images, device)?)?;
             settle(device, shared.sync)?;
             timings.vq_encode = Some(lap(&mut stage));
+            timings.mark_peak("VQ encode");
             Some(grid.reshape([n, cells]))
         } else {
             None
@@ -975,6 +978,7 @@ impl Editor {
             .map(|row| row.iter().map(|&t| t as u32).collect())
             .collect();
         timings.readback = read_start.elapsed();
+        timings.mark_peak("steps");
         Ok(Outcome {
             tokens,
             host_tokens,
@@ -1004,6 +1008,7 @@ impl Editor {
             images.extend(imaging::from_tensor(pixels)?);
         }
         outcome.timings.vq_decode = started.elapsed();
+        outcome.timings.mark_peak("VQ decode");
         Ok(images)
     }
 }

@@ -18,6 +18,9 @@ pub struct LoadTimings {
     pub text_encoders: Duration,
     /// All of loading: the components above, the configurations and the checks.
     pub total: Duration,
+    /// The peak resident memory of the process in bytes when loading finished (`VmHWM`, see
+    /// [`Timings::peak_rss`]).
+    pub peak_rss: Option<u64>,
 }
 
 /// How long the stages of one edit or generation took (for a batch: the whole batch's, the same
@@ -57,9 +60,20 @@ pub struct Timings {
     /// `/proc/self/status`; `None` where that is not available, i.e. outside Linux). Host
     /// memory only: a GPU's memory is not included.
     pub peak_rss: Option<u64>,
+    /// The peak resident memory so far at the end of each stage, in order (`"text encoding"`,
+    /// `"VQ encode"`, `"steps"`, `"VQ decode"`): the first stage whose value reaches
+    /// [`Timings::peak_rss`] is the one that set it. Empty outside Linux.
+    pub peak_rss_by_stage: Vec<(&'static str, u64)>,
 }
 
 impl Timings {
+    /// Records the peak resident memory so far as that at the end of `stage`.
+    pub(crate) fn mark_peak(&mut self, stage: &'static str) {
+        if let Some(bytes) = peak_rss() {
+            self.peak_rss_by_stage.push((stage, bytes));
+        }
+    }
+
     /// The transformer's time at the first step (which also pays one-time costs such as
     /// kernel compilation on a GPU); `None` when no step ran.
     pub fn transformer_first(&self) -> Option<Duration> {
@@ -122,12 +136,18 @@ impl Timings {
             .iter()
             .map(|(label, _)| label.len())
             .chain(["stage".len(), "peak RSS".len()])
+            .chain(
+                self.peak_rss_by_stage
+                    .iter()
+                    .map(|(stage, _)| "peak RSS after ".len() + stage.len())
+                    .chain(["peak RSS after load".len()]),
+            )
             .max()
             .unwrap_or(0);
         let value_width = rows
             .iter()
             .map(|(_, value)| value.len())
-            .chain([rss.len(), "ms".len()])
+            .chain([rss.len(), "ms".len(), "00000 MiB".len()])
             .max()
             .unwrap_or(0);
         let mut table = String::new();
@@ -135,6 +155,15 @@ impl Timings {
         let _ = writeln!(table, "{:<label_width$}  {:>value_width$}", "stage", "ms");
         for (label, value) in &rows {
             let _ = writeln!(table, "{label:<label_width$}  {value:>value_width$}");
+        }
+        let load_peak = load.and_then(|l| l.peak_rss).map(|bytes| ("load", bytes));
+        for (stage, bytes) in load_peak.iter().chain(&self.peak_rss_by_stage) {
+            let _ = writeln!(
+                table,
+                "{:<label_width$}  {:>value_width$}",
+                format!("peak RSS after {stage}"),
+                format!("{} MiB", bytes.div_ceil(1 << 20)),
+            );
         }
         let _ = writeln!(table, "{:<label_width$}  {rss:>value_width$}", "peak RSS");
         if !self.synced {
@@ -236,6 +265,7 @@ mod tests {
             transformer: ms(850),
             text_encoders: ms(1203),
             total: ms(2070),
+            peak_rss: Some(900 << 20),
         };
         let run = Timings {
             synced: true,
@@ -247,10 +277,11 @@ mod tests {
             vq_decode: ms(30),
             total: ms(3900),
             peak_rss: Some(1234 << 20),
+            peak_rss_by_stage: vec![("text encoding", 1000 << 20), ("VQ decode", 1234 << 20)],
         };
         let table = run.table(Some(&load));
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 15, "{table}");
+        assert_eq!(lines.len(), 18, "{table}");
         // Every line has the same width and the values end in the same column.
         assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
         assert!(lines[0].starts_with("stage") && lines[0].ends_with("ms"));
@@ -273,7 +304,12 @@ mod tests {
                 .iter()
                 .any(|l| l.starts_with("load + edit") && l.ends_with(" 5970.0"))
         );
-        assert!(lines[14].starts_with("peak RSS") && lines[14].ends_with(" 1234 MiB"));
+        assert!(lines[14].starts_with("peak RSS after load") && lines[14].ends_with(" 900 MiB"));
+        assert!(
+            lines[15].starts_with("peak RSS after text encoding") && lines[15].ends_with(" 1000 MiB")
+        );
+        assert!(lines[16].starts_with("peak RSS after VQ decode"));
+        assert!(lines[17].starts_with("peak RSS ") && lines[17].ends_with(" 1234 MiB"));
 
         // A generation without load rows, one step, unknown memory and no synchronisation.
         let run = Timings {
@@ -281,6 +317,7 @@ mod tests {
             transformer: vec![ms(7)],
             sampler: vec![ms(1)],
             peak_rss: None,
+            peak_rss_by_stage: Vec::new(),
             synced: false,
             ..run
         };

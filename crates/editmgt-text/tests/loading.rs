@@ -251,6 +251,157 @@ fn sharded_weights_load_like_a_single_file() {
     );
 }
 
+/// Gemma-2 run from the files one layer at a time equals the loaded encoder, bit for bit, for
+/// every stored/compute float combination the device supports and for sharded weights.
+#[test]
+fn streamed_gemma_equals_the_loaded_encoder() {
+    let case = Case::open("text");
+    let prompts = prompts(&case);
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let device = editmgt_testkit::device();
+    for (stored, float) in [
+        (Dtype::F32, FloatType::F32),
+        (Dtype::BF16, FloatType::F32),
+        (Dtype::F16, FloatType::F16),
+        (Dtype::BF16, FloatType::BF16),
+    ] {
+        if !device.supports_dtype(float.dtype()) {
+            println!("device does not support {float}: skipping that combination");
+            continue;
+        }
+        let model = TempModel::new(stored);
+        let folder = model.path("llm_encoder");
+        let ids = GemmaTokenizer::from_folder(&folder)
+            .unwrap()
+            .encode(&refs)
+            .unwrap();
+        let loaded = GemmaEncoder::from_folder(&folder, &device, float)
+            .unwrap()
+            .forward(&ids)
+            .unwrap();
+        let streamed = GemmaEncoder::forward_streamed(&folder, &device, float, &ids).unwrap();
+        assert_eq!(streamed.dims(), loaded.dims());
+        assert_eq!(
+            to_f32_vec(streamed),
+            to_f32_vec(loaded),
+            "{stored:?} file as {float}: streamed and loaded Gemma differ"
+        );
+    }
+
+    // Sharded weights: the embedding rows and the layers come from whichever shard holds them.
+    let model = TempModel::new(Dtype::F32);
+    let folder = model.path("llm_encoder");
+    let tensors = read_f32_safetensors(&folder.join("model.safetensors"));
+    std::fs::remove_file(folder.join("model.safetensors")).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    for (index, (name, shape, data)) in tensors.iter().enumerate() {
+        let shard = format!("model-{:05}-of-00002.safetensors", index % 2 + 1);
+        weight_map.insert(name.clone(), shard.clone().into());
+        let path = folder.join(&shard);
+        let mut part = if path.is_file() {
+            read_f32_safetensors(&path)
+        } else {
+            Vec::new()
+        };
+        part.push((name.clone(), shape.clone(), data.clone()));
+        write_safetensors(&path, &part, Dtype::F32);
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        folder.join("model.safetensors.index.json"),
+        serde_json::to_string(&index).unwrap(),
+    )
+    .unwrap();
+    let ids = GemmaTokenizer::from_folder(&folder)
+        .unwrap()
+        .encode(&refs)
+        .unwrap();
+    let streamed =
+        GemmaEncoder::forward_streamed(&folder, &device, FloatType::F32, &ids).unwrap();
+    assert_close(
+        "sharded streamed gemma",
+        &to_f32_vec(streamed),
+        &case.f32("gemma_hidden_penultimate").data,
+        1e-4,
+    );
+}
+
+/// The streamed encoder names the file and tensor at fault, like loading does.
+#[test]
+fn streamed_gemma_errors_are_typed() {
+    let device = editmgt_testkit::device();
+    let model = TempModel::new(Dtype::F32);
+    let folder = model.path("llm_encoder");
+    let ids = GemmaTokenizer::from_folder(&folder)
+        .unwrap()
+        .encode(&["a prompt"])
+        .unwrap();
+    let path = folder.join("model.safetensors");
+    let original = read_f32_safetensors(&path);
+
+    // A missing layer tensor is reported with its checkpoint name.
+    let missing = "model.layers.1.self_attn.k_proj.weight";
+    let mut tensors = original.clone();
+    tensors.retain(|(name, _, _)| name != missing);
+    assert_eq!(tensors.len() + 1, original.len(), "{missing} is in the tiny checkpoint");
+    write_safetensors(&path, &tensors, Dtype::F32);
+    match expect_load_error(GemmaEncoder::forward_streamed(
+        &folder,
+        &device,
+        FloatType::F32,
+        &ids,
+    )) {
+        LoadError::MissingTensors { tensors, .. } => assert_eq!(tensors, vec![missing.to_string()]),
+        other => panic!("{other:?}"),
+    }
+
+    // A missing embedding table, and one of the wrong width.
+    let embeddings = "model.embed_tokens.weight";
+    let mut tensors = original.clone();
+    tensors.retain(|(name, _, _)| name != embeddings);
+    write_safetensors(&path, &tensors, Dtype::F32);
+    match expect_load_error(GemmaEncoder::forward_streamed(
+        &folder,
+        &device,
+        FloatType::F32,
+        &ids,
+    )) {
+        LoadError::MissingTensors { tensors, .. } => {
+            assert_eq!(tensors, vec![embeddings.to_string()])
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut tensors = original.clone();
+    let table = tensors
+        .iter_mut()
+        .find(|(name, _, _)| name == embeddings)
+        .unwrap();
+    let [vocab, hidden] = table.1[..] else {
+        panic!("the embedding table is 2-d")
+    };
+    table.1 = vec![vocab, hidden - 1];
+    table.2.truncate(vocab * (hidden - 1));
+    write_safetensors(&path, &tensors, Dtype::F32);
+    match expect_load_error(GemmaEncoder::forward_streamed(
+        &folder,
+        &device,
+        FloatType::F32,
+        &ids,
+    )) {
+        LoadError::ShapeMismatch {
+            tensor,
+            expected,
+            found,
+            ..
+        } => {
+            assert_eq!(tensor, embeddings);
+            assert_eq!(expected, vec![vocab, hidden]);
+            assert_eq!(found, vec![vocab, hidden - 1]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn unused_gemma_tensors_are_never_needed() {
     let device = editmgt_testkit::device();

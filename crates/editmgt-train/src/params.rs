@@ -102,13 +102,19 @@ impl PathTracker {
     }
 }
 
-/// Every float parameter of `model`, in traversal order.
-pub fn param_infos(model: &MgtTransformer) -> Vec<ParamInfo> {
-    struct Visitor {
+/// A parameter's flat value (checkpoint layout) on demand.
+type ValueOf<'p> = &'p dyn Fn() -> Tensor<1>;
+/// A parameter's flat gradient (checkpoint layout) in a set of gradients, if it has one.
+type GradientOf<'p> = &'p dyn Fn(&burn::tensor::Gradients) -> Option<Tensor<1>>;
+
+/// Calls `f` for every float parameter of `model` in traversal order, with its info and ways to
+/// read its value or gradient (nothing is read unless `f` asks).
+fn visit_params(model: &MgtTransformer, f: &mut dyn FnMut(&ParamInfo, ValueOf, GradientOf)) {
+    struct Visitor<'a> {
         tracker: PathTracker,
-        out: Vec<ParamInfo>,
+        f: &'a mut dyn FnMut(&ParamInfo, ValueOf, GradientOf),
     }
-    impl ModuleVisitor for Visitor {
+    impl ModuleVisitor for Visitor<'_> {
         fn enter_module(&mut self, name: &str, container: &str) {
             self.tracker.enter(name, container);
         }
@@ -117,15 +123,28 @@ pub fn param_infos(model: &MgtTransformer) -> Vec<ParamInfo> {
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
             let info = self.tracker.info(param.lazy_shape().to_vec());
-            self.out.push(info);
+            let transposed = info.transposed;
+            let value = || to_checkpoint_flat(param.val(), transposed);
+            let gradient = |grads: &burn::tensor::Gradients| {
+                param
+                    .val()
+                    .grad(grads)
+                    .map(|grad| to_checkpoint_flat(grad, transposed))
+            };
+            (self.f)(&info, &value, &gradient);
         }
     }
-    let mut v = Visitor {
+    model.visit(&mut Visitor {
         tracker: PathTracker::default(),
-        out: Vec::new(),
-    };
-    model.visit(&mut v);
-    v.out
+        f,
+    });
+}
+
+/// Every float parameter of `model`, in traversal order.
+pub fn param_infos(model: &MgtTransformer) -> Vec<ParamInfo> {
+    let mut out = Vec::new();
+    visit_params(model, &mut |info, _, _| out.push(info.clone()));
+    out
 }
 
 /// A float tensor as a flat vector in the checkpoint's layout.
@@ -156,29 +175,7 @@ fn from_checkpoint_flat<const D: usize>(
 
 /// Visits every float parameter with its info and its value (flat, checkpoint layout).
 pub fn for_each_param(model: &MgtTransformer, mut f: impl FnMut(&ParamInfo, Tensor<1>)) {
-    struct Visitor<'a, F> {
-        tracker: PathTracker,
-        f: &'a mut F,
-    }
-    impl<F: FnMut(&ParamInfo, Tensor<1>)> ModuleVisitor for Visitor<'_, F> {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            self.tracker.enter(name, container);
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.tracker.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let value = param.val();
-            let info = self.tracker.info(value.dims().to_vec());
-            let flat = to_checkpoint_flat(value, info.transposed);
-            (self.f)(&info, flat);
-        }
-    }
-    let mut v = Visitor {
-        tracker: PathTracker::default(),
-        f: &mut f,
-    };
-    model.visit(&mut v);
+    visit_params(model, &mut |info, value, _| f(info, value()));
 }
 
 /// The gradient of every parameter that has one in `grads` (flat, checkpoint layout, on the
@@ -187,34 +184,13 @@ pub fn gradients(
     model: &MgtTransformer,
     grads: &burn::tensor::Gradients,
 ) -> Vec<(ParamInfo, Tensor<1>)> {
-    struct Visitor<'a> {
-        tracker: PathTracker,
-        grads: &'a burn::tensor::Gradients,
-        out: Vec<(ParamInfo, Tensor<1>)>,
-    }
-    impl ModuleVisitor for Visitor<'_> {
-        fn enter_module(&mut self, name: &str, container: &str) {
-            self.tracker.enter(name, container);
+    let mut out = Vec::new();
+    visit_params(model, &mut |info, _, gradient| {
+        if let Some(grad) = gradient(grads) {
+            out.push((info.clone(), grad));
         }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.tracker.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let value = param.val();
-            if let Some(grad) = value.grad(self.grads) {
-                let info = self.tracker.info(value.dims().to_vec());
-                let flat = to_checkpoint_flat(grad, info.transposed);
-                self.out.push((info, flat));
-            }
-        }
-    }
-    let mut v = Visitor {
-        tracker: PathTracker::default(),
-        grads,
-        out: Vec::new(),
-    };
-    model.visit(&mut v);
-    v.out
+    });
+    out
 }
 
 /// Replaces parameters: `f` receives each parameter's info and current value (flat, checkpoint

@@ -3,10 +3,10 @@
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use crate::VqConfig;
+use crate::banded::{norm_silu_conv, upsample_conv};
 use crate::encoder::MidBlock;
 use crate::resnet::{ResnetBlock, conv3x3, group_norm};
 
@@ -18,17 +18,8 @@ struct Upsample {
 
 impl Upsample {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.conv.forward(nearest_2x(x))
+        upsample_conv(&self.conv, x)
     }
-}
-
-/// Repeats every pixel into a 2x2 block (exactly PyTorch's `interpolate(scale_factor=2,
-/// mode="nearest")`).
-fn nearest_2x(x: Tensor<4>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, 2, w, 2])
-        .reshape([b, c, 2 * h, 2 * w])
 }
 
 /// One resolution level: `layers_per_block + 1` ResNet blocks, then (all but the last level) an
@@ -99,6 +90,6 @@ impl Decoder {
                 x = up.forward(x);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        norm_silu_conv(&self.conv_norm_out, &self.conv_out, x)
     }
 }

@@ -3,10 +3,10 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use crate::VqConfig;
+use crate::banded::norm_silu_conv;
 use crate::resnet::{ResnetBlock, conv3x3, group_norm};
 
 /// Stride-2 3x3 convolution that pads only the right and bottom by one (diffusers
@@ -102,6 +102,6 @@ impl Encoder {
             }
         }
         let x = self.mid_block.forward(x);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        norm_silu_conv(&self.conv_norm_out, &self.conv_out, x)
     }
 }

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod banded;
 mod config;
 mod decoder;
 mod encoder;

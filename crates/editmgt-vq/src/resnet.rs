@@ -3,8 +3,9 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
+
+use crate::banded::norm_silu_conv;
 
 /// GroupNorm epsilon used throughout the VQ model.
 pub(crate) const NORM_EPS: f64 = 1e-6;
@@ -55,8 +56,8 @@ impl ResnetBlock {
     }
 
     pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = norm_silu_conv(&self.norm1, &self.conv1, x.clone());
+        let h = norm_silu_conv(&self.norm2, &self.conv2, h);
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,

@@ -7,7 +7,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 use editmgt_core::config::component_folder;
 use editmgt_core::shapes::ParamEntry;
-use editmgt_core::{FloatType, KeyMap, WeightFiles, load_module};
+use editmgt_core::{FloatType, KeyMap, LoadError, WeightFiles, load_module};
 
 use super::config::Gemma2Config;
 use super::rotary::Rotary;
@@ -171,44 +171,50 @@ pub(crate) struct Gemma2Stack {
 impl Gemma2Stack {
     /// `layers` decoder layers with lazily initialised parameters.
     fn new(config: &Gemma2Config, layers: usize, device: &Device) -> Self {
+        Self {
+            embed_tokens: EmbeddingConfig::new(config.vocab_size, config.hidden_size).init(device),
+            layers: (0..layers)
+                .map(|index| Gemma2DecoderLayer::new(config, index, device))
+                .collect(),
+        }
+    }
+}
+
+impl Gemma2DecoderLayer {
+    /// Decoder layer `index` (`model.layers.<index>`) with lazily initialised parameters.
+    fn new(config: &Gemma2Config, index: usize, device: &Device) -> Self {
         let h = config.hidden_size;
         let d = config.head_dim;
         let bias = config.attention_bias;
         let norm = || GemmaRmsNorm::new(h, config.rms_norm_eps, device);
         let proj = |i: usize, o: usize| LinearConfig::new(i, o).with_bias(bias).init(device);
         let plain = |i: usize, o: usize| LinearConfig::new(i, o).with_bias(false).init(device);
-        let layers = (0..layers)
-            .map(|index| Gemma2DecoderLayer {
-                self_attn: Gemma2Attention {
-                    q_proj: proj(h, config.num_attention_heads * d),
-                    k_proj: proj(h, config.num_key_value_heads * d),
-                    v_proj: proj(h, config.num_key_value_heads * d),
-                    o_proj: proj(config.num_attention_heads * d, h),
-                    num_heads: config.num_attention_heads,
-                    num_kv_heads: config.num_key_value_heads,
-                    head_dim: d,
-                    scale: config.query_pre_attn_scalar.powf(-0.5),
-                    softcap: config.attn_logit_softcapping,
-                },
-                mlp: Gemma2Mlp {
-                    gate_proj: plain(h, config.intermediate_size),
-                    up_proj: plain(h, config.intermediate_size),
-                    down_proj: plain(config.intermediate_size, h),
-                },
-                input_layernorm: norm(),
-                post_attention_layernorm: norm(),
-                pre_feedforward_layernorm: norm(),
-                post_feedforward_layernorm: norm(),
-                sliding_window: if index % 2 == 0 {
-                    config.sliding_window
-                } else {
-                    None
-                },
-            })
-            .collect();
-        Self {
-            embed_tokens: EmbeddingConfig::new(config.vocab_size, h).init(device),
-            layers,
+        Gemma2DecoderLayer {
+            self_attn: Gemma2Attention {
+                q_proj: proj(h, config.num_attention_heads * d),
+                k_proj: proj(h, config.num_key_value_heads * d),
+                v_proj: proj(h, config.num_key_value_heads * d),
+                o_proj: proj(config.num_attention_heads * d, h),
+                num_heads: config.num_attention_heads,
+                num_kv_heads: config.num_key_value_heads,
+                head_dim: d,
+                scale: config.query_pre_attn_scalar.powf(-0.5),
+                softcap: config.attn_logit_softcapping,
+            },
+            mlp: Gemma2Mlp {
+                gate_proj: plain(h, config.intermediate_size),
+                up_proj: plain(h, config.intermediate_size),
+                down_proj: plain(config.intermediate_size, h),
+            },
+            input_layernorm: norm(),
+            post_attention_layernorm: norm(),
+            pre_feedforward_layernorm: norm(),
+            post_feedforward_layernorm: norm(),
+            sliding_window: if index % 2 == 0 {
+                config.sliding_window
+            } else {
+                None
+            },
         }
     }
 }
@@ -338,32 +344,102 @@ impl GemmaEncoder {
 
     /// `hidden_states[-2]` `[batch, seq, hidden]` (f32) of a batch of token rows.
     pub fn forward(&self, ids: &TokenIds) -> Result<Tensor<3>, TextError> {
-        ids.check_vocab(self.config.vocab_size)?;
-        let t = ids.seq_len();
-        if t == 0 {
-            return Err(TextError::SequenceTooLong {
-                model: "Gemma-2 (empty rows)",
-                found: 0,
-                max: self.config.max_position_embeddings,
-            });
-        }
-        let x = self
-            .model
-            .embed_tokens
-            .forward(ids.to_tensor(&self.device))
-            .cast(DType::F32);
-        let mut x = x * (self.config.hidden_size as f64).sqrt();
-        let rotary = Rotary::new(
-            self.config.head_dim,
-            self.config.rope_theta,
-            t,
+        run(
+            &self.config,
+            ids,
             &self.device,
-        );
-        for layer in &self.model.layers {
-            x = layer.forward(x, &rotary);
-        }
-        Ok(x)
+            |ids| {
+                Ok(self
+                    .model
+                    .embed_tokens
+                    .forward(ids.to_tensor(&self.device))
+                    .cast(DType::F32))
+            },
+            |index, x, rotary| Ok(self.model.layers[index].forward(x, rotary)),
+        )
     }
+
+    /// [`GemmaEncoder::forward`] straight from the checkpoint in `folder` (`config.json` and
+    /// the weights, as [`GemmaEncoder::from_folder`] reads them), with one decoder layer in
+    /// memory at a time.
+    ///
+    /// The prompt's rows of the embedding table are read from the file
+    /// ([`WeightFiles::read_rows`]); each decoder layer is loaded, run and dropped before the
+    /// next. The peak is one layer's weights in `dtype` (about 310 MB in f32 for the released
+    /// gemma-2-2b) instead of the whole encoder (10.1 GB), at the cost of reading the weights at
+    /// every call; the result is the same as loading the encoder and calling `forward`.
+    pub fn forward_streamed(
+        folder: &Path,
+        device: &Device,
+        dtype: FloatType,
+        ids: &TokenIds,
+    ) -> Result<Tensor<3>, TextError> {
+        dtype.check_device(device)?;
+        let config = Gemma2Config::from_file(&folder.join("config.json"))?;
+        let files = WeightFiles::discover(folder, "model")?;
+        let embeddings = Self::key_map().to_checkpoint("embed_tokens.weight");
+        let expected = vec![config.vocab_size, config.hidden_size];
+        if let Some((_, found)) = files.tensor_infos()?.get(&embeddings)
+            && *found != expected
+        {
+            return Err(LoadError::ShapeMismatch {
+                path: files.primary().to_path_buf(),
+                tensor: embeddings,
+                expected,
+                found: found.clone(),
+            }
+            .into());
+        }
+        run(
+            &config,
+            ids,
+            device,
+            |ids| {
+                let rows = files.read_rows(&embeddings, ids.as_slice())?;
+                // Through the weights' float type, exactly as the loaded table would be.
+                Ok(Tensor::<2>::from_data(rows, device)
+                    .cast(dtype.dtype())
+                    .cast(DType::F32)
+                    .reshape([ids.batch_size(), ids.seq_len(), config.hidden_size]))
+            },
+            |index, x, rotary| {
+                let keys = KeyMap::new().strip_prefix(&format!("model.layers.{index}"));
+                let layer = load_module(
+                    Gemma2DecoderLayer::new(&config, index, device),
+                    &files,
+                    &keys,
+                    dtype,
+                )?;
+                Ok(layer.forward(x, rotary))
+            },
+        )
+    }
+}
+
+/// The encoder's computation, with the embedding lookup and the decoder layers supplied by the
+/// caller (held in memory or read from the files).
+fn run(
+    config: &Gemma2Config,
+    ids: &TokenIds,
+    device: &Device,
+    embed: impl FnOnce(&TokenIds) -> Result<Tensor<3>, TextError>,
+    mut layer: impl FnMut(usize, Tensor<3>, &Rotary) -> Result<Tensor<3>, TextError>,
+) -> Result<Tensor<3>, TextError> {
+    ids.check_vocab(config.vocab_size)?;
+    let t = ids.seq_len();
+    if t == 0 {
+        return Err(TextError::SequenceTooLong {
+            model: "Gemma-2 (empty rows)",
+            found: 0,
+            max: config.max_position_embeddings,
+        });
+    }
+    let mut x = embed(ids)? * (config.hidden_size as f64).sqrt();
+    let rotary = Rotary::new(config.head_dim, config.rope_theta, t, device);
+    for index in 0..config.encoder_layers() {
+        x = layer(index, x, &rotary)?;
+    }
+    Ok(x)
 }
 
 #[cfg(test)]

@@ -36,31 +36,16 @@ pub struct Record {
 pub fn read_manifest(path: &Path) -> Result<(Vec<Record>, Vec<Skipped>), TrainError> {
     let text = std::fs::read_to_string(path).map_err(TrainError::io(path, "manifest"))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut records = Vec::new();
-    let mut skipped = Vec::new();
+    let mut records = super::Records::default();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
         let location = format!("{}:{}", path.display(), i + 1);
-        match parse_line(line, base) {
-            Ok((source, instruction, target)) => records.push(Record {
-                location,
-                source,
-                instruction,
-                target,
-            }),
-            Err(reason) => skipped.push(Skipped { location, reason }),
-        }
+        records.push(location, parse_line(line, base));
     }
-    if records.is_empty() {
-        return Err(TrainError::EmptyDataset {
-            path: path.to_path_buf(),
-            skipped: skipped.len(),
-        });
-    }
-    Ok((records, skipped))
+    records.finish(path)
 }
 
 fn parse_line(line: &str, base: &Path) -> Result<(ImageSource, String, ImageSource), String> {

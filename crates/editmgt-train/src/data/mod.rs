@@ -35,3 +35,44 @@ impl std::fmt::Display for Skipped {
         write!(f, "{}: {}", self.location, self.reason)
     }
 }
+
+/// Sorts parsed records into usable and skipped ones, for the readers of each data format.
+#[derive(Debug, Default)]
+pub(crate) struct Records {
+    records: Vec<Record>,
+    skipped: Vec<Skipped>,
+}
+
+impl Records {
+    /// Adds the record at `location`: usable, or skipped with the reason.
+    pub(crate) fn push(
+        &mut self,
+        location: String,
+        parsed: Result<(ImageSource, String, ImageSource), String>,
+    ) {
+        match parsed {
+            Ok((source, instruction, target)) => self.records.push(Record {
+                location,
+                source,
+                instruction,
+                target,
+            }),
+            Err(reason) => self.skipped.push(Skipped { location, reason }),
+        }
+    }
+
+    /// The usable and the skipped records; none usable is [`crate::TrainError::EmptyDataset`]
+    /// for `path`.
+    pub(crate) fn finish(
+        self,
+        path: &std::path::Path,
+    ) -> Result<(Vec<Record>, Vec<Skipped>), crate::TrainError> {
+        if self.records.is_empty() {
+            return Err(crate::TrainError::EmptyDataset {
+                path: path.to_path_buf(),
+                skipped: self.skipped.len(),
+            });
+        }
+        Ok((self.records, self.skipped))
+    }
+}

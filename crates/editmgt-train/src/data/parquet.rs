@@ -95,32 +95,17 @@ pub fn read_parquet(
     let rows = reader
         .get_row_iter(None)
         .map_err(|e| TrainError::format(path, e.to_string()))?;
-    let mut records = Vec::new();
-    let mut skipped = Vec::new();
+    let mut records = super::Records::default();
     for (i, row) in rows.enumerate() {
         let location = format!("{} row {i}", path.display());
         let parsed = row.map_err(|e| e.to_string()).and_then(|row| {
             Ok((
-                image_bytes(&row, &columns.source)?,
+                ImageSource::Bytes(image_bytes(&row, &columns.source)?),
                 text(&row, &columns.instruction)?,
-                image_bytes(&row, &columns.target)?,
+                ImageSource::Bytes(image_bytes(&row, &columns.target)?),
             ))
         });
-        match parsed {
-            Ok((source, instruction, target)) => records.push(Record {
-                location,
-                source: ImageSource::Bytes(source),
-                instruction,
-                target: ImageSource::Bytes(target),
-            }),
-            Err(reason) => skipped.push(Skipped { location, reason }),
-        }
+        records.push(location, parsed);
     }
-    if records.is_empty() {
-        return Err(TrainError::EmptyDataset {
-            path: path.to_path_buf(),
-            skipped: skipped.len(),
-        });
-    }
-    Ok((records, skipped))
+    records.finish(path)
 }

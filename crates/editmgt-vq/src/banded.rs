@@ -1,0 +1,243 @@
+//! Large activations in horizontal bands: the 3x3 convolutions of the VQ model computed a band
+//! of output rows at a time, with what precedes them (GroupNorm + SiLU, or the nearest-neighbour
+//! x2 upsampling) applied to that band's input rows only.
+//!
+//! At 1024x1024 one activation of the decoder's last level is 0.5-1 GB in f32. Computing
+//! `conv(silu(norm(x)))` or `conv(upsample(x))` whole materialises the normalised or upsampled
+//! input (as large as `x`, or four times) next to `x` and the output. Here only the output is
+//! allocated whole; the band's input (a few tens of MB) is made, convolved and dropped. GroupNorm
+//! statistics are whole-tensor (reduced band by band), so the result is the same computation as
+//! the plain one up to float rounding of the variance sum. Tensors whose input fits in one band
+//! take the plain path, unchanged. Every backend runs the same code.
+
+use burn::nn::GroupNorm;
+use burn::nn::conv::Conv2d;
+use burn::tensor::activation::silu;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Tensor};
+
+/// Elements of a band's input: 8 Mi (32 MiB in f32).
+const BAND_ELEMENTS: usize = 8 << 20;
+
+/// Output rows per band for an input row of `row_elements` elements (at least one row).
+fn band_rows(row_elements: usize, limit: usize) -> usize {
+    (limit / row_elements.max(1)).max(1)
+}
+
+/// Whether `conv` is a 3x3, stride 1, padding 1, ungrouped convolution (what banding supports).
+fn is_same_3x3(conv: &Conv2d) -> bool {
+    conv.kernel_size == [3, 3] && conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1
+}
+
+/// `conv` of rows `[from, to)` of its padded input `input` (which holds input rows
+/// `[from - 1, to + 1)` clipped to the image): zero rows are added only at the image borders.
+fn conv_band(conv: &Conv2d, input: Tensor<4>, top: bool, bottom: bool) -> Tensor<4> {
+    let options = ConvOptions::new_with_padding(
+        [1, 1],
+        [(usize::from(top), usize::from(bottom)), (1, 1)],
+        [1, 1],
+        1,
+    );
+    conv2d(
+        input,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|b| b.val()),
+        options,
+    )
+}
+
+/// Fills an output of shape `[b, channels, height, w]` band by band: `band(from, to)` returns
+/// output rows `[from, to)`.
+fn fill_bands(
+    like: &Tensor<4>,
+    [b, channels, height, w]: [usize; 4],
+    rows: usize,
+    mut band: impl FnMut(usize, usize) -> Tensor<4>,
+) -> Tensor<4> {
+    let mut out = Tensor::<4>::empty([b, channels, height, w], (&like.device(), like.dtype()));
+    let mut from = 0;
+    while from < height {
+        let to = (from + rows).min(height);
+        out = out.slice_assign([0..b, 0..channels, from..to, 0..w], band(from, to));
+        from = to;
+    }
+    out
+}
+
+/// `conv(silu(norm(x)))` for a 3x3 same convolution, in bands when `x` is large.
+pub(crate) fn norm_silu_conv(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    norm_silu_conv_with(norm, conv, x, BAND_ELEMENTS)
+}
+
+fn norm_silu_conv_with(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, limit: usize) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let rows = band_rows(c * w, limit);
+    if rows >= h || !is_same_3x3(conv) || !norm.affine || c % norm.num_groups != 0 {
+        return conv.forward(silu(norm.forward(x)));
+    }
+    let (mean, std) = group_stats(&x, norm.num_groups, norm.epsilon, rows);
+    let gamma = norm.gamma.as_ref().map(|g| g.val().reshape([1, c, 1, 1]));
+    let beta = norm.beta.as_ref().map(|g| g.val().reshape([1, c, 1, 1]));
+    let out_channels = conv.weight.dims()[0];
+    fill_bands(&x, [b, out_channels, h, w], rows, |from, to| {
+        let start = from.saturating_sub(1);
+        let end = (to + 1).min(h);
+        let band = x.clone().narrow(2, start, end - start);
+        let dtype = band.dtype();
+        let mut y = (band.cast(DType::F32) - mean.clone()) / std.clone();
+        y = y.cast(dtype);
+        if let (Some(gamma), Some(beta)) = (&gamma, &beta) {
+            y = y * gamma.clone() + beta.clone();
+        }
+        conv_band(conv, silu(y), from == 0, to == h)
+    })
+}
+
+/// Per-channel mean and standard deviation `sqrt(var + eps)` of `x`'s groups, `[b, c, 1, 1]`
+/// in f32, reduced `rows` rows at a time (the variance as the mean of squared deviations, as
+/// Burn's GroupNorm computes it).
+fn group_stats(x: &Tensor<4>, groups: usize, eps: f64, rows: usize) -> (Tensor<4>, Tensor<4>) {
+    let [b, c, h, w] = x.dims();
+    let per_group = c / groups;
+    let count = (per_group * h * w) as f64;
+    let to_channels = |g: Tensor<3>| {
+        g.expand([b, groups, per_group])
+            .reshape([b, c, 1, 1])
+    };
+    let mut sum: Option<Tensor<3>> = None;
+    let mut from = 0;
+    while from < h {
+        let to = (from + rows).min(h);
+        let band = x.clone().narrow(2, from, to - from).cast(DType::F32);
+        let part = band
+            .reshape([b, groups, per_group * (to - from) * w])
+            .sum_dim(2);
+        sum = Some(match sum {
+            Some(s) => s + part,
+            None => part,
+        });
+        from = to;
+    }
+    let mean = to_channels(sum.expect("at least one band") / count);
+    let mut squares: Option<Tensor<3>> = None;
+    let mut from = 0;
+    while from < h {
+        let to = (from + rows).min(h);
+        let band = x.clone().narrow(2, from, to - from).cast(DType::F32) - mean.clone();
+        let part = (band.clone() * band)
+            .reshape([b, groups, per_group * (to - from) * w])
+            .sum_dim(2);
+        squares = Some(match squares {
+            Some(s) => s + part,
+            None => part,
+        });
+        from = to;
+    }
+    let var = squares.expect("at least one band") / count;
+    (mean, to_channels((var + eps).sqrt()))
+}
+
+/// `conv(nearest_2x(x))` for a 3x3 same convolution, in bands of output rows when the
+/// upsampled input is large.
+pub(crate) fn upsample_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    upsample_conv_with(conv, x, BAND_ELEMENTS)
+}
+
+fn upsample_conv_with(conv: &Conv2d, x: Tensor<4>, limit: usize) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let (height, width) = (2 * h, 2 * w);
+    let rows = band_rows(c * width, limit);
+    if rows >= height || !is_same_3x3(conv) {
+        return conv.forward(nearest_2x(x));
+    }
+    let out_channels = conv.weight.dims()[0];
+    fill_bands(&x, [b, out_channels, height, width], rows, |from, to| {
+        // Upsampled rows [from - 1, to + 1) clipped, from input rows [first, last].
+        let start = from.saturating_sub(1);
+        let end = (to + 1).min(height);
+        let (first, last) = (start / 2, (end - 1) / 2);
+        let up = nearest_2x(x.clone().narrow(2, first, last - first + 1));
+        let band = up.narrow(2, start - 2 * first, end - start);
+        conv_band(conv, band, from == 0, to == height)
+    })
+}
+
+/// Repeats every pixel into a 2x2 block (exactly PyTorch's `interpolate(scale_factor=2,
+/// mode="nearest")`).
+pub(crate) fn nearest_2x(x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::{GroupNormConfig, PaddingConfig2d};
+    use burn::tensor::{Device, Distribution};
+
+    use super::*;
+
+    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).abs().max().into_data().try_to_vec::<f32>().unwrap()[0]
+    }
+
+    fn conv(c_in: usize, c_out: usize, device: &Device) -> Conv2d {
+        Conv2dConfig::new([c_in, c_out], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(device)
+    }
+
+    fn norm(groups: usize, c: usize, device: &Device) -> GroupNorm {
+        let mut norm = GroupNormConfig::new(groups, c)
+            .with_epsilon(1e-6)
+            .init(device);
+        // Non-trivial affine parameters.
+        norm.gamma = Some(burn::module::Param::from_tensor(Tensor::random(
+            [c],
+            Distribution::Uniform(0.5, 1.5),
+            device,
+        )));
+        norm.beta = Some(burn::module::Param::from_tensor(Tensor::random(
+            [c],
+            Distribution::Uniform(-0.5, 0.5),
+            device,
+        )));
+        norm
+    }
+
+    /// Every band height, from one row to all but one, gives the plain result, at the borders
+    /// too (odd heights, a last band shorter than the others).
+    #[test]
+    fn bands_equal_the_whole_computation() {
+        let device = Device::flex();
+        device.seed(3);
+        let (c, h, w) = (8, 13, 11);
+        let x = Tensor::<4>::random([2, c, h, w], Distribution::Normal(0.3, 2.0), &device);
+        let norm = norm(4, c, &device);
+        let same = conv(c, 6, &device);
+        let plain = same.forward(silu(norm.forward(x.clone())));
+        for rows in [1, 2, 3, 5, 12] {
+            let banded = norm_silu_conv_with(&norm, &same, x.clone(), rows * c * w);
+            let diff = max_diff(banded, plain.clone());
+            assert!(diff < 1e-5, "norm-silu-conv, {rows} rows per band: {diff}");
+        }
+        let up = conv(c, 5, &device);
+        let plain = up.forward(nearest_2x(x.clone()));
+        for rows in [1, 2, 3, 7, 25] {
+            let banded = upsample_conv_with(&up, x.clone(), rows * c * 2 * w);
+            let diff = max_diff(banded, plain.clone());
+            assert!(diff < 1e-5, "upsample-conv, {rows} rows per band: {diff}");
+        }
+    }
+
+    #[test]
+    fn band_heights_are_positive() {
+        assert_eq!(band_rows(1 << 30, BAND_ELEMENTS), 1);
+        assert_eq!(band_rows(128 * 1024, BAND_ELEMENTS), 64);
+        assert_eq!(band_rows(0, 10), 10);
+    }
+}
