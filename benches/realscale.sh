@@ -15,7 +15,9 @@
 # --with-reference: also the PyTorch reference pipeline (float32) on the same folder, steps and
 # threads: a venv in target/realscale-venv gets torch 2.1.0, diffusers 0.32.1 and transformers
 # 4.47.1 from PyPI, and benches/pytorch/bench_reference.py --only pipeline imports the reference
-# from the checkout given by --reference (the folder holding src/).
+# from the checkout given by --reference (the folder holding src/). Before that, one transformer
+# forward of both sides on the same synthetic weights and inputs (the `forward_check` example,
+# then bench_reference.py --only forward_check): the logits must agree within 1e-3 relative.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,7 +34,7 @@ IMAGE="$ROOT/fixtures/tiny/cases/source.png" # 1024x1024
 PROMPT="make it into Ghibli style"
 
 usage() {
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -128,6 +130,17 @@ if [[ "$WITH_REFERENCE" == 1 ]]; then
         "$VENV/bin/pip" install --quiet torch==2.1.0 diffusers==0.32.1 transformers==4.47.1 peft==0.14.0 \
             accelerate einops scipy "numpy<2" pillow safetensors sentencepiece protobuf
     fi
+    echo "== real-size transformer forward: ours, then the reference's on the same weights and inputs"
+    (cd "$ROOT" && cargo build --release -p editmgt-examples --example forward_check)
+    FORWARD_OK=1
+    if ! "$ROOT/target/release/examples/forward_check" "$CACHE" "$OUT/forward_check.safetensors" \
+        > "$OUT/forward_check.log" 2>&1 ||
+        ! "$VENV/bin/python" "$ROOT/benches/pytorch/bench_reference.py" --reference "$REFERENCE" \
+            --only forward_check --model "$CACHE" --check-file "$OUT/forward_check.safetensors" \
+            --threads "${THREADS:-$(nproc)}" >> "$OUT/forward_check.log" 2>&1; then
+        FORWARD_OK=0
+    fi
+    sed 's/^/   /' "$OUT/forward_check.log"
     echo "== reference pipeline (f32, $STEPS step(s))"
     if /usr/bin/time -v -o "$OUT/reference.time" "$VENV/bin/python" "$ROOT/benches/pytorch/bench_reference.py" \
         --reference "$REFERENCE" --only pipeline --model "$CACHE" --image "$IMAGE" --prompt "$PROMPT" \
@@ -165,4 +178,8 @@ if [[ -n "$REF_ROW" ]]; then
             'BEGIN { if (b > 0 && d > 0 && a + 0 > 0) printf "\nf32 editmgt-rs / reference: time %.2f, peak memory %.2f\n", a / b, c / d }'
     fi
     [[ "$wall" == failed ]] && exit 1
+    if [[ "$FORWARD_OK" != 1 ]]; then
+        echo "the real-size forward check failed; see $OUT/forward_check.log" >&2
+        exit 1
+    fi
 fi

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_FIXTURES = HERE.parent.parent / "fixtures" / "real-shapes"
 BENCHES = ("mgt", "vq", "gemma", "sampler", "consolidation")
 # Heavy modes run only when named in --only.
-EXTRA_BENCHES = ("pipeline",)
+EXTRA_BENCHES = ("pipeline", "forward_check")
 # The negative prompt our CLI uses by default (editmgt-pipeline's DEFAULT_NEGATIVE_PROMPT).
 NEGATIVE_PROMPT = ("worst quality, low quality, low res, blurry, distortion, watermark, logo, signature, text, "
                    "jpeg artifacts, signature, sketch, duplicate, ugly, identifying mark")
@@ -60,6 +60,11 @@ def parse_args() -> argparse.Namespace:
     pipe.add_argument("--guidance", type=float, default=6.0, help="guidance scale (our CLI's default)")
     pipe.add_argument("--strength", type=float, default=1.1, help="reference strength (our CLI's default)")
     pipe.add_argument("--pipeline-dtype", choices=("f32", "bf16"), default="f32", help="float type of every component")
+    check = p.add_argument_group("forward_check", "the real-size logits check (benches/realscale.sh)")
+    check.add_argument("--check-file", default=None,
+                       help="inputs and our logits, written by `cargo run --example forward_check`")
+    check.add_argument("--check-tolerance", type=float, default=1e-3,
+                       help="largest |ours - reference| allowed, relative to max |reference| (default 1e-3)")
     return p.parse_args()
 
 
@@ -333,6 +338,52 @@ def bench_pipeline(args, torch, rows):
     print(f"  pipeline peak RSS: {peak_gib:.2f} GiB", flush=True)
 
 
+def bench_forward_check(args, torch, rows):
+    """Runs the reference transformer of ``--model`` (float32) on the inputs in ``--check-file``
+    and compares its logits with ours from the same file: the largest absolute difference
+    relative to the largest reference logit must be within ``--check-tolerance``."""
+    from safetensors.torch import load_file
+    from src.pipeline import _prepare_latent_image_ids
+    from src.transformer import Transformer2DModel
+
+    if not args.model or not args.check_file:
+        raise SystemExit("bench_reference.py: forward_check needs --model and --check-file")
+    data = load_file(args.check_file)
+    start = time.perf_counter()
+    model = Transformer2DModel.from_pretrained(str(Path(args.model).resolve()), subfolder="editmgt",
+                                               torch_dtype=torch.float32).eval()
+    load_s = time.perf_counter() - start
+    strength = float(data["strength"][0])
+    for name, module in model.named_modules():
+        if name.endswith(".attn"):
+            module.reference_strength_factor = torch.ones(1, 1) * strength
+    tokens, reference = data["tokens"], data["reference"]
+    _, h, w = tokens.shape
+    states = data["encoder_hidden_states"]
+    img_ids = _prepare_latent_image_ids(h, w, tokens.device, tokens.dtype, up_sample=False)
+    ref_ids = _prepare_latent_image_ids(h, w, reference.device, reference.dtype, up_sample=False)
+    txt_ids = torch.zeros(states.shape[1], 3)
+    start = time.perf_counter()
+    logits = model(hidden_states=tokens, micro_conds=data["micro_conds"], pooled_projections=data["pooled"],
+                   encoder_hidden_states=states, img_ids=img_ids, txt_ids=txt_ids,
+                   timestep=data["timestep"].long(), reference_image_hidden_states=reference,
+                   reference_image_ids=ref_ids, joint_attention_kwargs={"scale": None},
+                   lora_part_enable=False).float()
+    forward_s = time.perf_counter() - start
+    ours = data["logits"]
+    assert tuple(ours.shape) == tuple(logits.shape), (ours.shape, logits.shape)
+    diff = (ours - logits).abs().max().item()
+    scale = logits.abs().max().item()
+    relative = diff / max(scale, 1e-30)
+    ok = relative <= args.check_tolerance
+    print(f"  forward_check: max |ours - reference| = {diff:.3e}, max |reference| = {scale:.3e}, "
+          f"relative {relative:.3e} (tolerance {args.check_tolerance:.0e}): {'ok' if ok else 'FAILED'}", flush=True)
+    rows.append(("forward_check / load transformer", {"median_s": load_s, "min_s": load_s, "iters": 1}))
+    rows.append(("forward_check / one forward, batch 1", {"median_s": forward_s, "min_s": forward_s, "iters": 1}))
+    if not ok:
+        raise SystemExit(f"forward_check: relative difference {relative:.3e} above {args.check_tolerance:.0e}")
+
+
 def main() -> int:
     args = parse_args()
     ref = Path(args.reference).resolve()
@@ -354,7 +405,8 @@ def main() -> int:
 
     rows = []
     runners = {"mgt": bench_mgt, "vq": bench_vq, "gemma": bench_gemma, "sampler": bench_sampler,
-               "consolidation": bench_consolidation, "pipeline": bench_pipeline}
+               "consolidation": bench_consolidation, "pipeline": bench_pipeline,
+               "forward_check": bench_forward_check}
     with torch.no_grad():
         for name in BENCHES + EXTRA_BENCHES:
             if name in args.only:

@@ -297,6 +297,19 @@ impl KeyMap {
     }
 }
 
+/// The part of a module a parameter path belongs to, for loading part by part: the path up to
+/// its first numeric segment (`transformer_blocks.3`, `layers.12`), or its first segment.
+fn part_of(path: &str) -> &str {
+    let mut end = 0;
+    for (index, segment) in path.split('.').enumerate() {
+        end += segment.len() + usize::from(index > 0);
+        if segment.parse::<usize>().is_ok() {
+            return &path[..end];
+        }
+    }
+    path.split('.').next().unwrap_or(path)
+}
+
 /// `a.b` -> `.a.b.`; `^a` -> `^.a.`; `^` -> `^.`
 fn delimit(fragment: &str) -> String {
     match fragment.strip_prefix('^') {
@@ -322,25 +335,49 @@ where
     M: Module + ModuleSnapshot,
 {
     let mut module = module;
-    let tensors: Vec<PackTensor> = files
-        .open()?
-        .into_iter()
-        .map(|mut tensor| {
-            tensor.name = keys.to_module(&tensor.name);
-            tensor
-        })
-        .collect();
-    let file_shapes: BTreeMap<String, Vec<usize>> = tensors
+    let renamed = |tensors: Vec<PackTensor>| -> Vec<PackTensor> {
+        tensors
+            .into_iter()
+            .map(|mut tensor| {
+                tensor.name = keys.to_module(&tensor.name);
+                tensor
+            })
+            .collect()
+    };
+    let file_shapes: BTreeMap<String, Vec<usize>> = renamed(files.open()?)
         .iter()
         .map(|t| (t.name.clone(), t.shape.to_vec()))
         .collect();
 
-    let adapter: Box<dyn ModuleAdapter> =
-        Box::new(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype.dtype())));
-    let result = module.apply(tensors, None, Some(adapter), false);
+    // One part of the module at a time (a block, a layer), each from freshly mapped files that
+    // are unmapped before the next: the file pages read stay resident only for one part, so
+    // the peak is the converted weights plus one part's pages, not plus the whole file.
+    let parts: BTreeSet<&str> = file_shapes.keys().map(|name| part_of(name)).collect();
+    let mut errors = Vec::new();
+    let mut missing: Option<Vec<(String, String)>> = None;
+    for part in parts.iter().copied().map(Some).chain(parts.is_empty().then_some(None)) {
+        let tensors: Vec<PackTensor> = renamed(files.open()?)
+            .into_iter()
+            .filter(|t| part.is_none_or(|part| part_of(&t.name) == part))
+            .collect();
+        let adapter: Box<dyn ModuleAdapter> =
+            Box::new(PyTorchToBurnAdapter.chain(FloatCastAdapter::to(dtype.dtype())));
+        let result = module.apply(tensors, None, Some(adapter), false);
+        errors.extend(result.errors);
+        // A parameter is missing when no part provided it.
+        missing = Some(match missing {
+            None => result.missing,
+            Some(before) => result
+                .missing
+                .into_iter()
+                .filter(|(p, _)| before.iter().any(|(q, _)| q == p))
+                .collect(),
+        });
+    }
+    let missing = missing.unwrap_or_default();
 
     let path = files.primary().to_path_buf();
-    if !result.errors.is_empty() || !result.missing.is_empty() {
+    if !errors.is_empty() || !missing.is_empty() {
         // Report in checkpoint terms: names after reverse mapping, shapes in checkpoint layout.
         let table = parameter_table(&module, keys);
         let checkpoint_of = |module_path: &str| {
@@ -350,7 +387,7 @@ where
                 .map(|p| (p.checkpoint_name.clone(), p.shape.clone()))
                 .unwrap_or_else(|| (keys.to_checkpoint(module_path), Vec::new()))
         };
-        if let Some(error) = result.errors.first() {
+        if let Some(error) = errors.first() {
             return Err(match error {
                 ApplyError::ShapeMismatch { path: p, found, .. } => {
                     let (tensor, expected) = checkpoint_of(p);
@@ -381,12 +418,25 @@ where
                 },
             });
         }
-        let tensors = result
-            .missing
+        let tensors = missing
             .iter()
             .map(|(p, _)| checkpoint_of(p).0)
             .collect();
         return Err(LoadError::MissingTensors { path, tensors });
     }
     Ok(module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::part_of;
+
+    #[test]
+    fn parts_end_at_the_first_index() {
+        assert_eq!(part_of("transformer_blocks.3.attn.to_q.weight"), "transformer_blocks.3");
+        assert_eq!(part_of("layers.12.mlp.up_proj.weight"), "layers.12");
+        assert_eq!(part_of("encoder.down_blocks.0.resnets.1.conv1.weight"), "encoder.down_blocks.0");
+        assert_eq!(part_of("norm_out.linear.weight"), "norm_out");
+        assert_eq!(part_of("bias"), "bias");
+    }
 }
