@@ -36,7 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
     let mgt = MgtTransformer::load(&model, &device, FloatType::F32)?;
     let config = mgt.config().clone();
-    println!("loaded the transformer in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "loaded the transformer in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut rng = SplitMix64::new(seed);
     let mask_id = (config.vocab_size - 1) as i64;
@@ -90,20 +93,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let logits = mgt.forward(input)?.logits;
     let dims = logits.dims();
     let logits: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec()?;
-    println!("forward in {:.1} s, logits {dims:?}", started.elapsed().as_secs_f64());
+    println!(
+        "forward in {:.1} s, logits {dims:?}",
+        started.elapsed().as_secs_f64()
+    );
 
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let ints = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let entries: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
         ("tokens", Dtype::I64, vec![1, GRID, GRID], ints(&tokens)),
-        ("reference", Dtype::I64, vec![1, GRID, GRID], ints(&reference)),
+        (
+            "reference",
+            Dtype::I64,
+            vec![1, GRID, GRID],
+            ints(&reference),
+        ),
         (
             "encoder_hidden_states",
             Dtype::F32,
             vec![1, TEXT, config.joint_attention_dim],
             bytes(&states),
         ),
-        ("pooled", Dtype::F32, vec![1, config.pooled_projection_dim], bytes(&pooled)),
+        (
+            "pooled",
+            Dtype::F32,
+            vec![1, config.pooled_projection_dim],
+            bytes(&pooled),
+        ),
         ("micro_conds", Dtype::F32, vec![1, 5], bytes(&micro)),
         ("timestep", Dtype::F32, vec![1], bytes(&[TIMESTEP])),
         ("strength", Dtype::F32, vec![1], bytes(&[STRENGTH])),
@@ -111,7 +127,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let mut views = BTreeMap::new();
     for (name, dtype, shape, data) in &entries {
-        views.insert(name.to_string(), TensorView::new(*dtype, shape.clone(), data)?);
+        views.insert(
+            name.to_string(),
+            TensorView::new(*dtype, shape.clone(), data)?,
+        );
     }
     safetensors::serialize_to_file(views, None, &out)?;
     println!("wrote {}", out.display());

@@ -355,7 +355,12 @@ where
     let parts: BTreeSet<&str> = file_shapes.keys().map(|name| part_of(name)).collect();
     let mut errors = Vec::new();
     let mut missing: Option<Vec<(String, String)>> = None;
-    for part in parts.iter().copied().map(Some).chain(parts.is_empty().then_some(None)) {
+    for part in parts
+        .iter()
+        .copied()
+        .map(Some)
+        .chain(parts.is_empty().then_some(None))
+    {
         let tensors: Vec<PackTensor> = renamed(files.open()?)
             .into_iter()
             .filter(|t| part.is_none_or(|part| part_of(&t.name) == part))
@@ -418,10 +423,7 @@ where
                 },
             });
         }
-        let tensors = missing
-            .iter()
-            .map(|(p, _)| checkpoint_of(p).0)
-            .collect();
+        let tensors = missing.iter().map(|(p, _)| checkpoint_of(p).0).collect();
         return Err(LoadError::MissingTensors { path, tensors });
     }
     Ok(module)
@@ -433,9 +435,15 @@ mod tests {
 
     #[test]
     fn parts_end_at_the_first_index() {
-        assert_eq!(part_of("transformer_blocks.3.attn.to_q.weight"), "transformer_blocks.3");
+        assert_eq!(
+            part_of("transformer_blocks.3.attn.to_q.weight"),
+            "transformer_blocks.3"
+        );
         assert_eq!(part_of("layers.12.mlp.up_proj.weight"), "layers.12");
-        assert_eq!(part_of("encoder.down_blocks.0.resnets.1.conv1.weight"), "encoder.down_blocks.0");
+        assert_eq!(
+            part_of("encoder.down_blocks.0.resnets.1.conv1.weight"),
+            "encoder.down_blocks.0"
+        );
         assert_eq!(part_of("norm_out.linear.weight"), "norm_out");
         assert_eq!(part_of("bias"), "bias");
     }

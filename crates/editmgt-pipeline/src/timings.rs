@@ -306,7 +306,8 @@ mod tests {
         );
         assert!(lines[14].starts_with("peak RSS after load") && lines[14].ends_with(" 900 MiB"));
         assert!(
-            lines[15].starts_with("peak RSS after text encoding") && lines[15].ends_with(" 1000 MiB")
+            lines[15].starts_with("peak RSS after text encoding")
+                && lines[15].ends_with(" 1000 MiB")
         );
         assert!(lines[16].starts_with("peak RSS after VQ decode"));
         assert!(lines[17].starts_with("peak RSS ") && lines[17].ends_with(" 1234 MiB"));

@@ -316,8 +316,7 @@ fn streamed_gemma_equals_the_loaded_encoder() {
         .unwrap()
         .encode(&refs)
         .unwrap();
-    let streamed =
-        GemmaEncoder::forward_streamed(&folder, &device, FloatType::F32, &ids).unwrap();
+    let streamed = GemmaEncoder::forward_streamed(&folder, &device, FloatType::F32, &ids).unwrap();
     assert_close(
         "sharded streamed gemma",
         &to_f32_vec(streamed),
@@ -343,7 +342,11 @@ fn streamed_gemma_errors_are_typed() {
     let missing = "model.layers.1.self_attn.k_proj.weight";
     let mut tensors = original.clone();
     tensors.retain(|(name, _, _)| name != missing);
-    assert_eq!(tensors.len() + 1, original.len(), "{missing} is in the tiny checkpoint");
+    assert_eq!(
+        tensors.len() + 1,
+        original.len(),
+        "{missing} is in the tiny checkpoint"
+    );
     write_safetensors(&path, &tensors, Dtype::F32);
     match expect_load_error(GemmaEncoder::forward_streamed(
         &folder,

@@ -27,7 +27,10 @@ fn band_rows(row_elements: usize, limit: usize) -> usize {
 
 /// Whether `conv` is a 3x3, stride 1, padding 1, ungrouped convolution (what banding supports).
 fn is_same_3x3(conv: &Conv2d) -> bool {
-    conv.kernel_size == [3, 3] && conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1
+    conv.kernel_size == [3, 3]
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && conv.groups == 1
 }
 
 /// `conv` of rows `[from, to)` of its padded input `input` (which holds input rows
@@ -101,10 +104,7 @@ fn group_stats(x: &Tensor<4>, groups: usize, eps: f64, rows: usize) -> (Tensor<4
     let [b, c, h, w] = x.dims();
     let per_group = c / groups;
     let count = (per_group * h * w) as f64;
-    let to_channels = |g: Tensor<3>| {
-        g.expand([b, groups, per_group])
-            .reshape([b, c, 1, 1])
-    };
+    let to_channels = |g: Tensor<3>| g.expand([b, groups, per_group]).reshape([b, c, 1, 1]);
     let mut sum: Option<Tensor<3>> = None;
     let mut from = 0;
     while from < h {
