@@ -210,7 +210,7 @@ impl Gemma2DecoderLayer {
             post_attention_layernorm: norm(),
             pre_feedforward_layernorm: norm(),
             post_feedforward_layernorm: norm(),
-            sliding_window: if index % 2 == 0 {
+            sliding_window: if index.is_multiple_of(2) {
                 config.sliding_window
             } else {
                 None
