@@ -105,36 +105,29 @@ fn group_stats(x: &Tensor<4>, groups: usize, eps: f64, rows: usize) -> (Tensor<4
     let per_group = c / groups;
     let count = (per_group * h * w) as f64;
     let to_channels = |g: Tensor<3>| g.expand([b, groups, per_group]).reshape([b, c, 1, 1]);
-    let mut sum: Option<Tensor<3>> = None;
-    let mut from = 0;
-    while from < h {
-        let to = (from + rows).min(h);
-        let band = x.clone().narrow(2, from, to - from).cast(DType::F32);
-        let part = band
-            .reshape([b, groups, per_group * (to - from) * w])
-            .sum_dim(2);
-        sum = Some(match sum {
-            Some(s) => s + part,
-            None => part,
-        });
-        from = to;
-    }
-    let mean = to_channels(sum.expect("at least one band") / count);
-    let mut squares: Option<Tensor<3>> = None;
-    let mut from = 0;
-    while from < h {
-        let to = (from + rows).min(h);
-        let band = x.clone().narrow(2, from, to - from).cast(DType::F32) - mean.clone();
-        let part = (band.clone() * band)
-            .reshape([b, groups, per_group * (to - from) * w])
-            .sum_dim(2);
-        squares = Some(match squares {
-            Some(s) => s + part,
-            None => part,
-        });
-        from = to;
-    }
-    let var = squares.expect("at least one band") / count;
+    // The per-group sum of `f` of the f32 values, band by band.
+    let group_sum = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| -> Tensor<3> {
+        let mut sum: Option<Tensor<3>> = None;
+        let mut from = 0;
+        while from < h {
+            let to = (from + rows).min(h);
+            let band = f(x.clone().narrow(2, from, to - from).cast(DType::F32));
+            let part = band
+                .reshape([b, groups, per_group * (to - from) * w])
+                .sum_dim(2);
+            sum = Some(match sum {
+                Some(s) => s + part,
+                None => part,
+            });
+            from = to;
+        }
+        sum.expect("at least one band")
+    };
+    let mean = to_channels(group_sum(&|band| band) / count);
+    let var = group_sum(&|band| {
+        let centred = band - mean.clone();
+        centred.clone() * centred
+    }) / count;
     (mean, to_channels((var + eps).sqrt()))
 }
 
