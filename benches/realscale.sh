@@ -147,7 +147,7 @@ if [[ "$WITH_REFERENCE" == 1 ]]; then
         python3 -m venv "$VENV"
         "$VENV/bin/pip" install --quiet torch==2.1.0 diffusers==0.32.1 transformers==4.47.1 peft==0.14.0 \
             accelerate einops scipy "numpy<2" pillow safetensors sentencepiece protobuf termcolor \
-            "opencv-python-headless==4.10.0.84" pyarrow torchvision==0.16.0 pyyaml
+            "opencv-python-headless==4.10.0.84" "pyarrow==17.0.0" torchvision==0.16.0 pyyaml
     fi
     echo "== real-size transformer forward: ours, then the reference's on the same weights and inputs"
     (cd "$ROOT" && cargo build --release -p editmgt-examples --example forward_check)
