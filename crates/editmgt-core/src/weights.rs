@@ -372,11 +372,14 @@ where
         // A parameter is missing when no part provided it.
         missing = Some(match missing {
             None => result.missing,
-            Some(before) => result
-                .missing
-                .into_iter()
-                .filter(|(p, _)| before.iter().any(|(q, _)| q == p))
-                .collect(),
+            Some(before) => {
+                let before: BTreeSet<String> = before.into_iter().map(|(p, _)| p).collect();
+                result
+                    .missing
+                    .into_iter()
+                    .filter(|(p, _)| before.contains(p))
+                    .collect()
+            }
         });
     }
     let missing = missing.unwrap_or_default();
