@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_FIXTURES = HERE.parent.parent / "fixtures" / "real-shapes"
 BENCHES = ("mgt", "vq", "gemma", "sampler", "consolidation")
 # Heavy modes run only when named in --only.
-EXTRA_BENCHES = ("pipeline", "forward_check")
+EXTRA_BENCHES = ("pipeline", "forward_check", "train")
 # The negative prompt our CLI uses by default (editmgt-pipeline's DEFAULT_NEGATIVE_PROMPT).
 NEGATIVE_PROMPT = ("worst quality, low quality, low res, blurry, distortion, watermark, logo, signature, text, "
                    "jpeg artifacts, signature, sketch, duplicate, ugly, identifying mark")
@@ -65,6 +65,11 @@ def parse_args() -> argparse.Namespace:
                        help="inputs and our logits, written by `cargo run --example forward_check`")
     check.add_argument("--check-tolerance", type=float, default=1e-3,
                        help="largest |ours - reference| allowed, relative to max |reference| (default 1e-3)")
+    train = p.add_argument_group("train", "one training step at the released width (editmgt-train's train_step bench)")
+    train.add_argument("--train-modes", nargs="*", choices=("full", "lora"), default=["full", "lora"],
+                       help="full fine-tuning and/or LoRA r 16, alpha 32 on to_q/k/v (reference stream); run one "
+                            "mode per process to read its own peak memory")
+    train.add_argument("--train-iters", type=int, default=5, help="timed steps per mode")
     return p.parse_args()
 
 
@@ -384,6 +389,83 @@ def bench_forward_check(args, torch, rows):
         raise SystemExit(f"forward_check: relative difference {relative:.3e} above {args.check_tolerance:.0e}")
 
 
+def peak_rss_mib() -> float:
+    """The process's peak resident memory (ru_maxrss, KiB on Linux) in MiB."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_train(args, torch, rows):
+    """One step of train/train.py's edit training: the transformer with the reference injected
+    (`lora_part_enable=True`), float timestep `ratio * 1000`, cross entropy over the masked
+    positions, backward, `clip_grad_norm_(10.0)` (editmgt-train's default), AdamW with the reference's decay groups.
+    Shapes as editmgt-train's bench: released width, 1 double + 2 single blocks, batch 1, a
+    64x64 target with every other position masked, a 64x64 reference, 256 text rows."""
+    from src.transformer import Transformer2DModel
+    from src.pipeline import _prepare_latent_image_ids
+    import torch.nn.functional as F
+
+    config = load_config(Path(args.fixtures), "editmgt.json")
+    config.update(num_layers=1, num_single_layers=2)
+    codebook, mask_id = config["codebook_size"], config["vocab_size"] - 1
+    cells = 64 * 64
+    index = torch.arange(cells, dtype=torch.long)
+    target = (index * 2654435761) % codebook
+    reference = ((index * 40503 + 7) % codebook).reshape(1, 64, 64)
+    masked = index % 2 == 0
+    labels = torch.where(masked, target, torch.full_like(target, -100)).reshape(1, cells)
+    tokens = torch.where(masked, torch.full_like(target, mask_id), target).reshape(1, 64, 64)
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(1, 256, config["joint_attention_dim"], generator=g)
+    pooled = torch.randn(1, config["pooled_projection_dim"], generator=g)
+    micro = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 6.0]])
+    timestep = torch.tensor([500.0])
+    img_ids = _prepare_latent_image_ids(64, 64, tokens.device, tokens.dtype, up_sample=False)
+    ref_ids = _prepare_latent_image_ids(64, 64, reference.device, reference.dtype, up_sample=False)
+    txt_ids = torch.zeros(256, 3)
+    no_decay = ["bias", "layer_norm.weight", "mlm_ln.weight", "embeddings.weight"]
+
+    for mode in args.train_modes:
+        model = Transformer2DModel(**config).float()
+        if mode == "lora":
+            from peft import LoraConfig
+            model.add_adapter(LoraConfig(r=16, lora_alpha=32, target_modules=["to_q", "to_k", "to_v"]))
+        model.train()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not any(nd in n for nd in no_decay)], "weight_decay": 1e-2},
+            {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+
+        def step():
+            with torch.enable_grad():
+                logits = model(
+                    hidden_states=tokens,
+                    encoder_hidden_states=states,
+                    micro_conds=micro,
+                    pooled_projections=pooled,
+                    img_ids=img_ids,
+                    txt_ids=txt_ids,
+                    timestep=timestep,
+                    reference_image_hidden_states=reference,
+                    reference_image_ids=ref_ids,
+                    lora_part_enable=True,
+                ).reshape(1, codebook, -1).permute(0, 2, 1).reshape(-1, codebook)
+                loss = F.cross_entropy(logits, labels.view(-1), ignore_index=-100, reduction="mean")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for _, p in named], 10.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                return loss.item()
+
+        n = args.train_iters
+        trained = sum(p.numel() for _, p in named)
+        rows.append((f"train_step / {mode} ({trained} trained weights)", measure(step, n, n, 0.0)))
+        print(f"train_step / {mode}: peak resident memory {peak_rss_mib():.0f} MiB", flush=True)
+        del model, optimizer, groups, named
+
+
 def main() -> int:
     args = parse_args()
     ref = Path(args.reference).resolve()
@@ -406,7 +488,7 @@ def main() -> int:
     rows = []
     runners = {"mgt": bench_mgt, "vq": bench_vq, "gemma": bench_gemma, "sampler": bench_sampler,
                "consolidation": bench_consolidation, "pipeline": bench_pipeline,
-               "forward_check": bench_forward_check}
+               "forward_check": bench_forward_check, "train": bench_train}
     with torch.no_grad():
         for name in BENCHES + EXTRA_BENCHES:
             if name in args.only:

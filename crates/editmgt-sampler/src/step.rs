@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, DType, Int, Tensor};
 use editmgt_core::select::{default_int, kth_smallest};
 
@@ -256,13 +257,15 @@ impl Sampler {
 
     /// Runs step `input.step_index` on the input's device.
     ///
-    /// Per batch row, with `p = softmax(logits)` over the codebook (in `f32`, normalised by the
-    /// reciprocal of the sum as PyTorch does) and `unknown = (sample == mask)`:
+    /// Per batch row, with `p = softmax(logits)` over the codebook (in `f32`, the backend's
+    /// softmax, codebook-last) and `unknown = (sample == mask)`:
     ///
     /// 1. at unknown positions the token is sampled from `p`: the first `k` with
-    ///    `cumsum(p)[k] > u * sum(p)` (the count of `k` with `cumsum(p)[k] <= u * sum(p)`, the
-    ///    cumulative sum in `f32` on the device, where the reference sums in `f64`: a rare
-    ///    near-tie can pick the neighbouring token); known positions keep their token;
+    ///    `cumsum(p)[k] > u * sum(p)` (the count of `k` with `cumsum(p)[k] <= u * sum(p)`),
+    ///    found by bisection over the codebook (one gather per halving, not a comparison of
+    ///    every probability). The cumulative sum is in `f32` on the device, where the reference
+    ///    sums in `f64`: a rare near-tie can pick the neighbouring token. Known positions keep
+    ///    their token;
     /// 2. region hold: where `unknown & (score < threshold)`, the reference token;
     /// 3. at the last step the prediction is returned as both outputs; otherwise
     ///    `n = max(1, min(count(unknown) - 1, floor(L * starting_ratio * mask_ratio)))`
@@ -533,20 +536,14 @@ impl Block {
     /// an unknown position `[B, n]`.
     fn run(self, codebook: usize) -> (Tensor<2, Int>, Tensor<2>, Tensor<2, Bool>) {
         let [b, c, n] = self.logits.dims();
-        let max = self.logits.clone().max_dim(1);
-        let exp = (self.logits - max).exp();
-        let sum = exp.clone().sum_dim(1); // [B, 1, n]
-        let p = exp * sum.clone().recip();
-        let cumulative = p.clone().cumsum(1);
-        let total = cumulative.clone().slice([0..b, c - 1..c, 0..n]);
-        let target = self.uniforms.unsqueeze_dim::<3>(1) * total.clone();
-        // The count of k with cumsum[k] <= u * total; `cumsum < total` keeps u = 1 on the last
-        // token of non-zero probability.
-        let below = cumulative
-            .clone()
-            .lower_equal(target.expand([b, c, n]))
-            .bool_and(cumulative.lower(total.expand([b, c, n])));
-        let sampled = default_int(below.int().sum_dim(1))
+        // Codebook last, so that the softmax, the cumulative sum and the gathers run along
+        // contiguous rows (the logits arrive channels-first); the softmax is the backend's
+        // fused kernel where it has one.
+        let p = softmax(self.logits.swap_dims(1, 2), 2); // [B, n, C]
+        let cumulative = p.clone().cumsum(2);
+        let total = cumulative.clone().slice([0..b, 0..n, c - 1..c]); // [B, n, 1]
+        let target = self.uniforms.unsqueeze_dim::<3>(2) * total.clone();
+        let sampled = inverse_cdf(cumulative, target, total.clone())
             .clamp_max(codebook as i64 - 1)
             .reshape([b, n]);
         let mut pred = self.sample.mask_where(self.unknown.clone(), sampled);
@@ -554,12 +551,79 @@ impl Block {
             pred = pred.mask_where(held, reference);
         }
         let index = pred.clone().clamp(0, codebook as i64 - 1);
-        let q = p.gather(1, index.unsqueeze_dim::<3>(1)).reshape([b, n]);
-        let bad = sum
+        let q = p.gather(2, index.unsqueeze_dim::<3>(2)).reshape([b, n]);
+        // Non-finite logits make the softmax, and so its total, non-finite.
+        let bad = total
             .reshape([b, n])
             .is_finite()
             .bool_not()
             .bool_and(self.unknown);
         (pred, q, bad)
+    }
+}
+
+/// The sampled index of each row of a cumulative distribution `[B, n, C]` (non-decreasing
+/// along the codebook): the count of `k` with `cumulative[k] <= target` and
+/// `cumulative[k] < total`, i.e. the first `k` where `cumulative[k] > target` or
+/// `cumulative[k] >= total` (`C` when there is none). `cumulative < total` keeps a uniform of 1
+/// on the last token of non-zero probability. Found by bisection over the codebook with one
+/// gather per halving (`ceil(log2(C + 1))` of them) instead of comparing all `B x n x C`
+/// values; the predicate is monotone along a row, so the count and the first index agree.
+fn inverse_cdf(cumulative: Tensor<3>, target: Tensor<3>, total: Tensor<3>) -> Tensor<3, Int> {
+    let [b, n, c] = cumulative.dims();
+    let device = cumulative.device();
+    let mut lo = Tensor::<3, Int>::zeros([b, n, 1], &device);
+    let mut hi = Tensor::<3, Int>::full([b, n, 1], c as i64, &device);
+    let halvings = usize::BITS - c.leading_zeros(); // ceil(log2(c + 1))
+    for _ in 0..halvings {
+        let open = lo.clone().lower(hi.clone());
+        let mid = (lo.clone() + hi.clone()).div_scalar(2);
+        let value = cumulative
+            .clone()
+            .gather(2, mid.clone().clamp_max(c as i64 - 1));
+        let found = value
+            .clone()
+            .greater(target.clone())
+            .bool_or(value.greater_equal(total.clone()));
+        hi = hi.mask_where(open.clone().bool_and(found.clone()), mid.clone());
+        lo = lo.mask_where(open.bool_and(found.bool_not()), mid + 1);
+    }
+    lo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    /// The bisection gives the count of `k` with `cumulative[k] <= target && cumulative[k] <
+    /// total`, including at the ends (zero-probability tokens first or last, uniforms 0 and 1).
+    #[test]
+    fn inverse_cdf_counts_below_the_target() {
+        let device = Device::flex();
+        let rows: Vec<Vec<f32>> = vec![
+            vec![0.0, 0.5, 1.0, 1.0],
+            vec![0.25, 0.5, 0.75, 1.0],
+            vec![0.0, 0.0, 0.0, 1.0],
+            vec![0.1, 0.1, 0.9, 0.9],
+        ];
+        let targets = [0.0f32, 0.25, 0.5, 0.6, 0.9, 1.0];
+        let c = rows[0].len();
+        for row in &rows {
+            for &u in &targets {
+                let total = row[c - 1];
+                let expected = row.iter().filter(|&&v| v <= u * total && v < total).count();
+                let cumulative =
+                    Tensor::<3>::from_data(TensorData::new(row.clone(), [1, 1, c]), &device);
+                let t =
+                    |v: f32| Tensor::<3>::from_data(TensorData::new(vec![v], [1, 1, 1]), &device);
+                let found = inverse_cdf(cumulative, t(u * total), t(total))
+                    .into_data()
+                    .convert::<i64>()
+                    .to_vec::<i64>()
+                    .unwrap();
+                assert_eq!(found, [expected as i64], "row {row:?}, u {u}");
+            }
+        }
     }
 }

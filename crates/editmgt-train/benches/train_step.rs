@@ -2,7 +2,7 @@
 //! rope [16, 56, 56], codebook 8192, joint dim 2304) with 1 double-stream and 2 single-stream
 //! blocks: batch 1, a 64x64 target grid (half of it masked) with a 64x64 reference, 256 text
 //! rows; full fine-tuning and LoRA (r 16 on `to_q/k/v`). Random weights. Prints the process's
-//! peak resident memory (`VmHWM`) after each group.
+//! peak resident memory (`VmHWM`) after each group (LoRA first, so that its peak is its own).
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -76,8 +76,9 @@ fn bench(c: &mut Criterion) {
     let device = Device::flex();
     let b = batch(&device);
     for (name, lora) in [
-        ("full", None),
+        // LoRA first: the peak printed after it is LoRA's own (the peak only grows).
         ("lora_r16_qkv", Some(LoraConfig::default())),
+        ("full", None),
     ] {
         let model = MgtTransformer::new(&config(), &device).expect("model");
         let config = TrainConfig {
