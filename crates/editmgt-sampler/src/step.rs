@@ -620,7 +620,7 @@ mod tests {
                 let found = inverse_cdf(cumulative, t(u * total), t(total))
                     .into_data()
                     .convert::<i64>()
-                    .to_vec::<i64>()
+                    .try_to_vec::<i64>()
                     .unwrap();
                 assert_eq!(found, [expected as i64], "row {row:?}, u {u}");
             }
