@@ -270,3 +270,47 @@ fn text_to_image() {
 fn text_to_image_teacher_forced() {
     run("text_to_image", true);
 }
+
+/// The VQ tokens of the 1024x1024 source on the test device, against the reference's: in the
+/// mask run every cell outside the mask keeps its source token, so the run's final tokens there
+/// are the reference's tokenisation of the source. The same tolerance as the runs' tokens.
+#[test]
+fn source_tokens_at_full_size() {
+    let meta = &case().meta["runs"]["edit_mask"];
+    let mask = editmgt_pipeline::load_mask(case_file(meta["mask"].as_str().expect("mask")))
+        .expect("mask image");
+    let source = editmgt_pipeline::load_image(case_file(meta["source"].as_str().expect("source")))
+        .expect("source image");
+    let vq = editmgt_vq::VqModel::from_folder(
+        model_dir().join("vqvae"),
+        &device(),
+        editmgt_pipeline::FloatType::F32,
+    )
+    .expect("the fixture VQ loads");
+    let images = editmgt_vq::imaging::to_tensor(&[&source], &device()).expect("source tensor");
+    let tokens = vq.tokenize(images).expect("tokenize");
+    let [_, h, w] = tokens.dims();
+    let ours: Vec<i64> = tokens
+        .reshape([h * w])
+        .into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .expect("token ids");
+    let expected = case().i64("edit_mask.tokens");
+    assert_eq!(expected.data.len(), h * w, "token grid of the mask run");
+    let kept = editmgt_pipeline::mask_grid(&mask, h, w);
+    let (mut same, mut total) = (0usize, 0usize);
+    for ((&a, &b), &repainted) in ours.iter().zip(&expected.data).zip(&kept) {
+        if !repainted {
+            total += 1;
+            same += usize::from(a == b);
+        }
+    }
+    println!("source tokens at {h}x{w}: {same}/{total} kept cells identical");
+    assert!(total > 0, "the mask keeps some cells");
+    let frac = same as f64 / total as f64;
+    assert!(
+        frac >= TOKENS_IDENTICAL,
+        "only {frac:.4} of the source tokens identical"
+    );
+}

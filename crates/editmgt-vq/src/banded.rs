@@ -6,9 +6,9 @@
 //! `conv(silu(norm(x)))` or `conv(upsample(x))` whole materialises the normalised or upsampled
 //! input (as large as `x`, or four times) next to `x` and the output. Here only the output is
 //! allocated whole; the band's input (a few tens of MB) is made, convolved and dropped. GroupNorm
-//! statistics are whole-tensor (reduced band by band), so the result is the same computation as
-//! the plain one up to float rounding of the variance sum. Tensors whose input fits in one band
-//! take the plain path, unchanged. Every backend runs the same code.
+//! statistics are whole-tensor (reduced band by band, a row at a time), so the result is the same
+//! computation as the plain one up to float rounding of the sums. A tensor whose input fits in
+//! one band is convolved whole, after the same normalisation. Every backend runs the same code.
 
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
@@ -75,25 +75,35 @@ pub(crate) fn norm_silu_conv(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>) -> T
 
 fn norm_silu_conv_with(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, limit: usize) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
-    let rows = band_rows(c * w, limit);
-    if rows >= h || !is_same_3x3(conv) || !norm.affine || c % norm.num_groups != 0 {
+    if !is_same_3x3(conv) || !norm.affine || c % norm.num_groups != 0 {
         return conv.forward(silu(norm.forward(x)));
     }
-    let (mean, std) = group_stats(&x, norm.num_groups, norm.epsilon, rows);
+    let rows = band_rows(c * w, limit);
+    // Our statistics even when one band holds the whole tensor: Burn's GroupNorm reduces each
+    // group in one pass, which wgpu 0.22 on lavapipe gets wrong past a few hundred thousand
+    // elements (a 768x768 group's sum comes back 0.44x; 196,608 are right), and a group of the
+    // VQ at 1024x1024 holds millions. `group_stats` reduces rows, then groups of rows.
+    let (mean, std) = group_stats(&x, norm.num_groups, norm.epsilon, rows.min(h));
     let gamma = norm.gamma.as_ref().map(|g| g.val().reshape([1, c, 1, 1]));
     let beta = norm.beta.as_ref().map(|g| g.val().reshape([1, c, 1, 1]));
-    let out_channels = conv.weight.dims()[0];
-    fill_bands(&x, [b, out_channels, h, w], rows, |from, to| {
-        let start = from.saturating_sub(1);
-        let end = (to + 1).min(h);
-        let band = x.clone().narrow(2, start, end - start);
+    let normalize = |band: Tensor<4>| {
         let dtype = band.dtype();
         let mut y = (band.cast(DType::F32) - mean.clone()) / std.clone();
         y = y.cast(dtype);
         if let (Some(gamma), Some(beta)) = (&gamma, &beta) {
             y = y * gamma.clone() + beta.clone();
         }
-        conv_band(conv, silu(y), from == 0, to == h)
+        silu(y)
+    };
+    if rows >= h {
+        return conv.forward(normalize(x));
+    }
+    let out_channels = conv.weight.dims()[0];
+    fill_bands(&x, [b, out_channels, h, w], rows, |from, to| {
+        let start = from.saturating_sub(1);
+        let end = (to + 1).min(h);
+        let band = x.clone().narrow(2, start, end - start);
+        conv_band(conv, normalize(band), from == 0, to == h)
     })
 }
 
@@ -112,9 +122,13 @@ fn group_stats(x: &Tensor<4>, groups: usize, eps: f64, rows: usize) -> (Tensor<4
         while from < h {
             let to = (from + rows).min(h);
             let band = f(x.clone().narrow(2, from, to - from).cast(DType::F32));
+            // Along the row first, then over the group's rows: no single reduction longer
+            // than a row or a band's rows of a group (see `norm_silu_conv_with`).
             let part = band
-                .reshape([b, groups, per_group * (to - from) * w])
-                .sum_dim(2);
+                .reshape([b, groups, per_group * (to - from), w])
+                .sum_dim(3)
+                .sum_dim(2)
+                .reshape([b, groups, 1]);
             sum = Some(match sum {
                 Some(s) => s + part,
                 None => part,
@@ -203,10 +217,11 @@ mod tests {
     }
 
     /// Every band height, from one row to all but one, gives the plain result, at the borders
-    /// too (odd heights, a last band shorter than the others).
+    /// too (odd heights, a last band shorter than the others), on the test device
+    /// (`$EDITMGT_TEST_DEVICE`).
     #[test]
     fn bands_equal_the_whole_computation() {
-        let device = Device::flex();
+        let device = editmgt_testkit::device();
         device.seed(3);
         let (c, h, w) = (8, 13, 11);
         let x = Tensor::<4>::random([2, c, h, w], Distribution::Normal(0.3, 2.0), &device);
@@ -224,6 +239,46 @@ mod tests {
             let banded = upsample_conv_with(&up, x.clone(), rows * c * 2 * w);
             let diff = max_diff(banded, plain.clone());
             assert!(diff < 1e-5, "upsample-conv, {rows} rows per band: {diff}");
+        }
+    }
+
+    /// Group statistics of groups of 2.4 M elements on the test device, against sums on the
+    /// host in f64 (Burn's one-pass GroupNorm reduction fails there on wgpu/lavapipe).
+    #[test]
+    fn statistics_of_large_groups() {
+        let device = editmgt_testkit::device();
+        let (c, h, w, groups) = (8, 768, 768, 2);
+        let cpu = Device::flex();
+        cpu.seed(5);
+        let data =
+            Tensor::<4>::random([1, c, h, w], Distribution::Normal(0.3, 2.0), &cpu).into_data();
+        let values = data.clone().try_to_vec::<f32>().unwrap();
+        let x = Tensor::<4>::from_data(data, &device);
+        let per_group = values.len() / groups;
+        let rows = band_rows(c * w, BAND_ELEMENTS).min(h);
+        let (mean, std) = group_stats(&x, groups, 1e-6, rows);
+        let mean = mean.into_data().try_to_vec::<f32>().unwrap();
+        let std = std.into_data().try_to_vec::<f32>().unwrap();
+        for g in 0..groups {
+            let group = &values[g * per_group..(g + 1) * per_group];
+            let m = group.iter().map(|&v| f64::from(v)).sum::<f64>() / per_group as f64;
+            let var = group
+                .iter()
+                .map(|&v| (f64::from(v) - m).powi(2))
+                .sum::<f64>()
+                / per_group as f64;
+            let channel = g * c / groups;
+            assert!(
+                (f64::from(mean[channel]) - m).abs() < 1e-4,
+                "group {g} mean {} against {m}",
+                mean[channel]
+            );
+            let s = (var + 1e-6).sqrt();
+            assert!(
+                (f64::from(std[channel]) - s).abs() < 1e-4 * s,
+                "group {g} std {} against {s}",
+                std[channel]
+            );
         }
     }
 
