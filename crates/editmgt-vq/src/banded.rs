@@ -10,10 +10,10 @@
 //! computation as the plain one up to float rounding of the sums. A tensor whose input fits in
 //! one band is convolved whole, after the same normalisation. Every backend runs the same code.
 
+use crate::accumulate::{conv_forward, conv2d_with};
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::activation::silu;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
 
@@ -42,12 +42,7 @@ fn conv_band(conv: &Conv2d, input: Tensor<4>, top: bool, bottom: bool) -> Tensor
         [1, 1],
         1,
     );
-    conv2d(
-        input,
-        conv.weight.val(),
-        conv.bias.as_ref().map(|b| b.val()),
-        options,
-    )
+    conv2d_with(conv, input, options)
 }
 
 /// Fills an output of shape `[b, channels, height, w]` band by band: `band(from, to)` returns
@@ -76,7 +71,7 @@ pub(crate) fn norm_silu_conv(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>) -> T
 fn norm_silu_conv_with(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, limit: usize) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     if !is_same_3x3(conv) || !norm.affine || c % norm.num_groups != 0 {
-        return conv.forward(silu(norm.forward(x)));
+        return conv_forward(conv, silu(norm.forward(x)));
     }
     let rows = band_rows(c * w, limit);
     // Our statistics even when one band holds the whole tensor: Burn's GroupNorm reduces each
@@ -96,7 +91,7 @@ fn norm_silu_conv_with(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, limit: usi
         silu(y)
     };
     if rows >= h {
-        return conv.forward(normalize(x));
+        return conv_forward(conv, normalize(x));
     }
     let out_channels = conv.weight.dims()[0];
     fill_bands(&x, [b, out_channels, h, w], rows, |from, to| {
@@ -156,7 +151,7 @@ fn upsample_conv_with(conv: &Conv2d, x: Tensor<4>, limit: usize) -> Tensor<4> {
     let (height, width) = (2 * h, 2 * w);
     let rows = band_rows(c * width, limit);
     if rows >= height || !is_same_3x3(conv) {
-        return conv.forward(nearest_2x(x));
+        return conv_forward(conv, nearest_2x(x));
     }
     let out_channels = conv.weight.dims()[0];
     fill_bands(&x, [b, out_channels, height, width], rows, |from, to| {

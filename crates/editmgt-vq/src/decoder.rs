@@ -1,5 +1,6 @@
 //! The VQ decoder: latent grid -> image (diffusers `Decoder` with `UpDecoderBlock2D`s).
 
+use crate::accumulate::conv_forward;
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
@@ -81,7 +82,7 @@ impl Decoder {
     }
 
     pub(crate) fn forward(&self, latents: Tensor<4>) -> Tensor<4> {
-        let mut x = self.mid_block.forward(self.conv_in.forward(latents));
+        let mut x = self.mid_block.forward(conv_forward(&self.conv_in, latents));
         for block in &self.up_blocks {
             for resnet in &block.resnets {
                 x = resnet.forward(x);

@@ -1,5 +1,6 @@
 //! The VQ encoder: image -> latent grid (diffusers `Encoder` with `DownEncoderBlock2D`s).
 
+use crate::accumulate::conv_forward;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, PaddingConfig2d};
@@ -92,13 +93,13 @@ impl Encoder {
     }
 
     pub(crate) fn forward(&self, image: Tensor<4>) -> Tensor<4> {
-        let mut x = self.conv_in.forward(image);
+        let mut x = conv_forward(&self.conv_in, image);
         for block in &self.down_blocks {
             for resnet in &block.resnets {
                 x = resnet.forward(x);
             }
             for down in &block.downsamplers {
-                x = down.conv.forward(x);
+                x = conv_forward(&down.conv, x);
             }
         }
         let x = self.mid_block.forward(x);

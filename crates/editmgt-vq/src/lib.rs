@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+mod accumulate;
 mod banded;
 mod config;
 mod decoder;

@@ -1,3 +1,4 @@
+use crate::accumulate::conv_forward;
 use std::path::Path;
 
 use burn::module::Module;
@@ -126,7 +127,7 @@ impl VqModel {
             });
         }
         let images = images.cast(self.float_type().dtype());
-        Ok(self.quant_conv.forward(self.encoder.forward(images)))
+        Ok(conv_forward(&self.quant_conv, self.encoder.forward(images)))
     }
 
     /// The token grid `[B, H, W]` of latents `[B, C, H, W]`: the nearest codebook entry of each
@@ -152,7 +153,9 @@ impl VqModel {
     /// them as token 0).
     pub fn decode(&self, tokens: Tensor<3, Int>) -> Result<Tensor<4>, VqError> {
         let latents = self.dequantize(tokens)?;
-        let image = self.decoder.forward(self.post_quant_conv.forward(latents));
+        let image = self
+            .decoder
+            .forward(conv_forward(&self.post_quant_conv, latents));
         Ok(image.cast(DType::F32))
     }
 

@@ -1,5 +1,6 @@
 //! The ResNet block shared by encoder and decoder (diffusers `ResnetBlock2D`, no time embedding).
 
+use crate::accumulate::conv_forward;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
@@ -59,7 +60,7 @@ impl ResnetBlock {
         let h = norm_silu_conv(&self.norm1, &self.conv1, x.clone());
         let h = norm_silu_conv(&self.norm2, &self.conv2, h);
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv_forward(conv, x),
             None => x,
         };
         shortcut + h
