@@ -11,6 +11,23 @@ fn pattern(n: usize) -> Vec<bool> {
         .collect()
 }
 
+/// A grid read back as `i64` (the device's int type may be narrower).
+fn read_ints(grid: Tensor<2, Int>) -> Vec<i64> {
+    grid.into_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap()
+}
+
+/// `tokens` with `value` where `mask` is set.
+fn replaced(tokens: &[i64], mask: &[bool], value: i64) -> Vec<i64> {
+    tokens
+        .iter()
+        .zip(mask)
+        .map(|(&t, &m)| if m { value } else { t })
+        .collect()
+}
+
 #[test]
 fn bool_grids_round_trip_and_select_cells() {
     let device = device();
@@ -19,46 +36,27 @@ fn bool_grids_round_trip_and_select_cells() {
     let uploaded: Tensor<2, Bool> =
         Tensor::from_data(TensorData::new(mask.clone(), [rows, cells]), &device);
     // Read back as integers: a backend may store booleans as u8 or u32.
-    let back = uploaded
-        .clone()
-        .int()
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .unwrap();
+    let back = read_ints(uploaded.clone().int());
     let expected: Vec<i64> = mask.iter().map(|&m| i64::from(m)).collect();
     assert_eq!(back, expected, "bool upload round trip");
 
     let tokens: Vec<i64> = (0..(rows * cells) as i64).map(|i| i % 64).collect();
     let grid: Tensor<2, Int> =
         Tensor::from_data(TensorData::new(tokens.clone(), [rows, cells]), &device);
-    let filled = grid
-        .clone()
-        .mask_fill(uploaded.clone(), 71)
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .unwrap();
-    let expected: Vec<i64> = tokens
-        .iter()
-        .zip(&mask)
-        .map(|(&t, &m)| if m { 71 } else { t })
-        .collect();
-    assert_eq!(filled, expected, "mask_fill with an uploaded bool grid");
+    let filled = read_ints(grid.clone().mask_fill(uploaded.clone(), 71));
+    assert_eq!(
+        filled,
+        replaced(&tokens, &mask, 71),
+        "mask_fill with an uploaded bool grid"
+    );
 
     let other = grid.clone().zeros_like() + 5;
-    let chosen = grid
-        .mask_where(uploaded, other)
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .unwrap();
-    let expected: Vec<i64> = tokens
-        .iter()
-        .zip(&mask)
-        .map(|(&t, &m)| if m { 5 } else { t })
-        .collect();
-    assert_eq!(chosen, expected, "mask_where with an uploaded bool grid");
+    let chosen = read_ints(grid.mask_where(uploaded, other));
+    assert_eq!(
+        chosen,
+        replaced(&tokens, &mask, 5),
+        "mask_where with an uploaded bool grid"
+    );
 }
 
 /// The same with an integer grid the device computed (an `argmin`, as the VQ quantiser's token
@@ -87,12 +85,7 @@ fn computed_int_grids_take_uploaded_masks() {
     let mask = pattern(rows * cells);
     let uploaded: Tensor<2, Bool> =
         Tensor::from_data(TensorData::new(mask.clone(), [rows, cells]), &device);
-    let filled = grid
-        .mask_fill(uploaded, 71)
-        .into_data()
-        .convert::<i64>()
-        .try_to_vec::<i64>()
-        .unwrap();
+    let filled = read_ints(grid.mask_fill(uploaded, 71));
     let expected: Vec<i64> = (0..rows * cells)
         .map(|i| if mask[i] { 71 } else { (i % codes) as i64 })
         .collect();
