@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_FIXTURES = HERE.parent.parent / "fixtures" / "real-shapes"
-BENCHES = ("mgt", "vq", "gemma", "sampler", "consolidation")
+BENCHES = ("mgt", "attention", "vq", "gemma", "sampler", "consolidation")
 # Heavy modes run only when named in --only.
 EXTRA_BENCHES = ("pipeline", "forward_check", "train")
 # The negative prompt our CLI uses by default (editmgt-pipeline's DEFAULT_NEGATIVE_PROMPT).
@@ -155,6 +155,21 @@ def bench_mgt(args, torch, rows):
     assert tuple(t2i.shape) == (2, config["num_attention_heads"], 256, 1024), t2i.shape
     rows.append(("mgt_forward / capture_single_block", measure(capture, n, n, 0.0)))
     model.clear_attention_hooks()
+
+
+def bench_attention(args, torch, rows):
+    """The joint attention of one MGT block at the bench's shapes, alone: what PyTorch's
+    scaled_dot_product_attention takes where our fused attention runs (editmgt-core's bench)."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 8, 2304, 128, generator=g) for _ in range(3))
+    # log(1.1) where exactly one of query and key is a reference token (the last 1024 rows)
+    is_ref = (torch.arange(2304) >= 1280).float()
+    bias = ((is_ref[:, None] - is_ref[None, :]).abs() * torch.log(torch.tensor(1.1))).view(1, 1, 2304, 2304)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    rows.append(("attention / [2, 8, 2304, 128] with strength bias",
+                 measure(lambda: sdpa(q, k, v, attn_mask=bias), args.min_iters, args.max_iters, args.min_seconds)))
+    rows.append(("attention / [2, 8, 2304, 128] without bias",
+                 measure(lambda: sdpa(q, k, v), args.min_iters, args.max_iters, args.min_seconds)))
 
 
 def bench_vq(args, torch, rows):
@@ -486,7 +501,7 @@ def main() -> int:
         pass
 
     rows = []
-    runners = {"mgt": bench_mgt, "vq": bench_vq, "gemma": bench_gemma, "sampler": bench_sampler,
+    runners = {"mgt": bench_mgt, "attention": bench_attention, "vq": bench_vq, "gemma": bench_gemma, "sampler": bench_sampler,
                "consolidation": bench_consolidation, "pipeline": bench_pipeline,
                "forward_check": bench_forward_check, "train": bench_train}
     with torch.no_grad():

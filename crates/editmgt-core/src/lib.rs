@@ -14,10 +14,15 @@
 //!   materialising a single weight (used by the real-shape tests).
 //! - [`LoadError`]: the typed error all of the above return, naming the file, tensor or field at
 //!   fault.
+//! - [`fused_attention`] and [`direct_conv`]: the attention and the convolution the models call,
+//!   with fused CPU kernels on Burn's `flex` backend (feature `flex`) and Burn's own ops on
+//!   every other backend.
 
 pub mod config;
+pub mod direct_conv;
 mod dtype;
 mod error;
+pub mod fused_attention;
 pub mod limits;
 pub mod rng;
 pub mod select;

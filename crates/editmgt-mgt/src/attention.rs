@@ -9,9 +9,9 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use editmgt_core::fused_attention::attention;
 
 use crate::capture::{CaptureRows, text_to_image};
 use crate::lora::{AttentionLora, LoraAdapter, LoraStreams, Rows, adapter_of, project};
@@ -202,7 +202,8 @@ fn attend(
     )
 }
 
-/// The fused attention, over blocks of query rows when the `[B, H, rows, S]` scores of all rows
+/// The fused attention ([`editmgt_core::fused_attention`]: a fused kernel on the CPU, Burn's op
+/// elsewhere), over blocks of query rows when the `[B, H, rows, S]` scores of all rows
 /// at once would exceed `max_buffer_bytes` (a backend without a fused kernel materialises them;
 /// GPU adapters cannot bind a buffer past their limit). Every query row attends to all keys
 /// either way, so the result is the same; on the CPU the bound is infinite and there is one call.
@@ -213,17 +214,12 @@ fn attention_in_blocks(
     bias: Option<Tensor<4>>,
     max_buffer_bytes: u64,
 ) -> Tensor<4> {
-    let options = AttentionModuleOptions {
-        scale: None,
-        softcap: None,
-        is_causal: false,
-    };
     let [b, h, rows, _] = q.dims();
     let keys = k.dims()[2];
     let block =
         editmgt_core::limits::rows_within(max_buffer_bytes, (b * h * keys * 4) as u64, rows);
     if block >= rows {
-        return attention(q, k, v, None, bias, options);
+        return attention(q, k, v, bias, None);
     }
     let mut outputs = Vec::with_capacity(rows.div_ceil(block));
     let mut start = 0;
@@ -233,9 +229,8 @@ fn attention_in_blocks(
             q.clone().narrow(2, start, len),
             k.clone(),
             v.clone(),
-            None,
             bias.clone().map(|b| b.narrow(2, start, len)),
-            options,
+            None,
         ));
         start += len;
     }

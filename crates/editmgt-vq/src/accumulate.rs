@@ -6,19 +6,20 @@
 //! over 512 (the released VQ's widest level), where a matrix product in `f16` stays at 4e-4 and
 //! the CPU backend's `f16` convolution at 1e-3. So a half-precision VQ widens each convolution's
 //! input and weights to `f32` for the convolution and narrows the result back; `f32` models run
-//! the convolution unchanged. Every backend runs the same code.
+//! the convolution unchanged. Every backend runs the same code; on the CPU the convolutions go
+//! through [`editmgt_core::direct_conv`] (a direct kernel without im2col).
 
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
+use editmgt_core::direct_conv::{conv2d, conv2d_module};
 
 /// `conv.forward(x)`, accumulated in `f32` when `x` is in half precision.
 pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let dtype = x.dtype();
     if dtype == DType::F32 {
-        return conv.forward(x);
+        return conv2d_module(conv, x);
     }
     let mut wide = conv.clone();
     wide.weight = Param::from_tensor(conv.weight.val().cast(DType::F32));
@@ -26,7 +27,7 @@ pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         .bias
         .as_ref()
         .map(|b| Param::from_tensor(b.val().cast(DType::F32)));
-    wide.forward(x.cast(DType::F32)).cast(dtype)
+    conv2d_module(&wide, x.cast(DType::F32)).cast(dtype)
 }
 
 /// `conv2d` of `x` with `conv`'s weights and bias and the given options, accumulated in `f32`

@@ -1,0 +1,349 @@
+//! A 2-D convolution (stride 1, no dilation, one group) on the CPU without im2col, over plain
+//! `f32` slices.
+//!
+//! The input is copied once into a zero-padded buffer whose channel planes are `Wp = W + left +
+//! right` wide. Computed over that width, output position `j = y * Wp + x` of tap `(dy, dx)`
+//! reads padded element `j + dy * Wp + dx`: a constant shift. So the convolution is `kh * kw`
+//! matrix products, `[Co, Ci] x [Ci, columns]`, each on a shifted view of the same buffer and
+//! accumulated into one output tile, with no patch matrix. The `kw - 1` extra columns per row
+//! are computed and dropped (under 1% at the VQ's widths). A rayon task takes a band of output
+//! rows (and, for small images, a block of output channels); its output tile stays in cache
+//! across the taps.
+
+use rayon::prelude::*;
+
+/// Output columns (of the padded width) one task accumulates: a `[Co, columns]` tile.
+const TILE_COLUMNS: usize = 1024;
+/// The fewest output channels a task computes when channels are split between tasks.
+const MIN_CHANNELS: usize = 32;
+
+/// Why [`conv2d`] refused its inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConvError {
+    /// A slice is shorter than its shape says.
+    TooShort {
+        /// `input`, `weight` or `bias`.
+        name: &'static str,
+    },
+    /// The kernel is larger than the padded input, or a size is zero where it may not be.
+    Shape,
+}
+
+impl std::fmt::Display for ConvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooShort { name } => write!(f, "conv2d: the {name} slice is too short"),
+            Self::Shape => write!(f, "conv2d: the kernel is larger than the padded input"),
+        }
+    }
+}
+
+impl std::error::Error for ConvError {}
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Images.
+    pub batch: usize,
+    /// Input channels `Ci`.
+    pub in_channels: usize,
+    /// Input height and width.
+    pub size: [usize; 2],
+    /// Output channels `Co`.
+    pub out_channels: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Zero rows above and below, zero columns left and right: `[[top, bottom], [left, right]]`.
+    pub padding: [[usize; 2]; 2],
+}
+
+impl ConvShape {
+    /// The padded input's height and width.
+    fn padded(&self) -> [usize; 2] {
+        let [[top, bottom], [left, right]] = self.padding;
+        [self.size[0] + top + bottom, self.size[1] + left + right]
+    }
+
+    /// The output's height and width (`None` when the kernel does not fit the padded input).
+    pub fn output(&self) -> Option<[usize; 2]> {
+        let [hp, wp] = self.padded();
+        let [kh, kw] = self.kernel;
+        (kh >= 1 && kw >= 1 && hp >= kh && wp >= kw).then(|| [hp - kh + 1, wp - kw + 1])
+    }
+}
+
+/// A raw pointer to the output that tasks share; each writes only its own rows.
+#[derive(Clone, Copy)]
+struct Output(*mut f32);
+// SAFETY: tasks write disjoint elements (their own output rows of every channel), and the
+// buffer outlives the parallel loop that uses the pointer.
+#[allow(unsafe_code)]
+unsafe impl Send for Output {}
+#[allow(unsafe_code)]
+unsafe impl Sync for Output {}
+
+impl Output {
+    /// The output's element `at` (a method, so closures capture the `Sync` wrapper whole rather
+    /// than its raw pointer field).
+    fn at(&self, at: usize) -> *mut f32 {
+        self.0.wrapping_add(at)
+    }
+}
+
+/// `out[b, co, y, x] = bias[co] + sum over ci, dy, dx of
+/// weight[co, ci, dy, dx] * padded_input[b, ci, y + dy, x + dx]`.
+///
+/// `input` is contiguous `[B, Ci, H, W]`, `weight` contiguous `[Co, Ci, kh, kw]`, `bias` `[Co]`.
+/// Returns the contiguous `[B, Co, Ho, Wo]` output.
+pub fn conv2d(
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: ConvShape,
+) -> Result<Vec<f32>, ConvError> {
+    let ConvShape {
+        batch,
+        in_channels: ci,
+        size: [h, w],
+        out_channels: co,
+        kernel: [kh, kw],
+        padding: [[top, _], [left, right]],
+    } = shape;
+    let [ho, wo] = shape.output().ok_or(ConvError::Shape)?;
+    let [hp, wp] = shape.padded();
+    if input.len() < batch * ci * h * w {
+        return Err(ConvError::TooShort { name: "input" });
+    }
+    if weight.len() < co * ci * kh * kw {
+        return Err(ConvError::TooShort { name: "weight" });
+    }
+    if bias.is_some_and(|b| b.len() < co) {
+        return Err(ConvError::TooShort { name: "bias" });
+    }
+    let mut out = vec![0.0f32; batch * co * ho * wo];
+    if out.is_empty() {
+        return Ok(out);
+    }
+    if ci == 0 {
+        if let Some(bias) = bias {
+            for (plane, &b) in out.chunks_mut(ho * wo).zip(bias.iter().cycle()) {
+                plane.fill(b);
+            }
+        }
+        return Ok(out);
+    }
+
+    // Each padded plane has `kw - 1` zeros after it, which the last row's last taps read.
+    let plane = hp * wp + (kw - 1);
+    let direct = shape.padding == [[0, 0], [0, 0]] && kw == 1;
+    let padded: std::borrow::Cow<'_, [f32]> = if direct {
+        std::borrow::Cow::Borrowed(&input[..batch * ci * h * w])
+    } else {
+        let mut padded = vec![0.0f32; batch * ci * plane];
+        padded
+            .par_chunks_mut(plane)
+            .zip(input.par_chunks(h * w))
+            .for_each(|(dst, src)| {
+                for (y, row) in src.chunks_exact(w).enumerate() {
+                    let start = (y + top) * wp + left;
+                    dst[start..start + w].copy_from_slice(row);
+                }
+            });
+        std::borrow::Cow::Owned(padded)
+    };
+    let plane = if direct { h * w } else { plane };
+    debug_assert!(right + left + w == wp);
+
+    // Bands of whole output rows of about TILE_COLUMNS columns; when that leaves too few tasks
+    // for the pool (small images), the output channels are split as well.
+    let rows = (TILE_COLUMNS / wp).clamp(1, ho);
+    let bands = batch * ho.div_ceil(rows);
+    let wanted = 4 * rayon::current_num_threads();
+    let channel_blocks = wanted.div_ceil(bands).min(co.div_ceil(MIN_CHANNELS)).max(1);
+    let channels = co.div_ceil(channel_blocks);
+    let tasks: Vec<(usize, usize, usize)> = (0..batch)
+        .flat_map(|b| (0..ho).step_by(rows).map(move |y| (b, y)))
+        .flat_map(|(b, y)| (0..co).step_by(channels).map(move |c| (b, y, c)))
+        .collect();
+    let output = Output(out.as_mut_ptr());
+    let padded = &padded[..];
+    tasks.into_par_iter().for_each_init(
+        || vec![0.0f32; channels * rows * wp],
+        |tile, (b, y0, c0)| {
+            let n = rows.min(ho - y0);
+            let m = channels.min(co - c0);
+            let columns = n * wp;
+            let tile = &mut tile[..m * columns];
+            for dy in 0..kh {
+                for dx in 0..kw {
+                    let first = dy == 0 && dx == 0;
+                    let from = b * ci * plane + (y0 + dy) * wp + dx;
+                    // The last column read is from + (ci - 1) * plane + columns - 1
+                    //   <= b * ci * plane + (ci - 1) * plane + (hp - 1) * wp + wp - 1 + kw - 1,
+                    // inside the batch's planes (each `hp * wp + kw - 1` long).
+                    debug_assert!(from + (ci - 1) * plane + columns <= padded.len());
+                    // SAFETY: `tile` holds `m x columns`; the weight taps
+                    // `weight[c0 + i, ci', dy, dx]` are inside `weight` (length checked above);
+                    // the shifted view of `padded` stays inside it (bound above).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            columns,
+                            ci,
+                            tile.as_mut_ptr(),
+                            1,
+                            columns as isize,
+                            !first,
+                            weight[c0 * ci * kh * kw + dy * kw + dx..].as_ptr(),
+                            (kh * kw) as isize,
+                            (ci * kh * kw) as isize,
+                            padded[from..].as_ptr(),
+                            1,
+                            plane as isize,
+                            if first { 0.0 } else { 1.0 },
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+            }
+            for (i, acc) in tile.chunks_exact(columns).enumerate() {
+                let c = c0 + i;
+                let add = bias.map_or(0.0, |bias| bias[c]);
+                for (y, row) in acc.chunks_exact(wp).enumerate() {
+                    let at = ((b * co + c) * ho + y0 + y) * wo;
+                    // SAFETY: rows `y0..y0 + n` of channels `c0..c0 + m` of image `b` belong to
+                    // this task alone, and `at + wo <= batch * co * ho * wo`, the output's length.
+                    #[allow(unsafe_code)]
+                    let dst = unsafe { std::slice::from_raw_parts_mut(output.at(at), wo) };
+                    for (d, &s) in dst.iter_mut().zip(&row[..wo]) {
+                        *d = s + add;
+                    }
+                }
+            }
+        },
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let x = (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(seed.wrapping_mul(97));
+                ((x >> 8) % 2000) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The convolution by its definition, in f64.
+    fn naive(input: &[f32], weight: &[f32], bias: Option<&[f32]>, s: ConvShape) -> Vec<f64> {
+        let [ho, wo] = s.output().unwrap();
+        let [[top, _], [left, _]] = s.padding;
+        let [h, w] = s.size;
+        let [kh, kw] = s.kernel;
+        let mut out = vec![0.0; s.batch * s.out_channels * ho * wo];
+        for b in 0..s.batch {
+            for c in 0..s.out_channels {
+                for y in 0..ho {
+                    for x in 0..wo {
+                        let mut acc = bias.map_or(0.0, |bias| bias[c] as f64);
+                        for i in 0..s.in_channels {
+                            for dy in 0..kh {
+                                for dx in 0..kw {
+                                    let (iy, ix) = (y + dy, x + dx);
+                                    if iy < top || ix < left || iy - top >= h || ix - left >= w {
+                                        continue;
+                                    }
+                                    let v = input
+                                        [((b * s.in_channels + i) * h + iy - top) * w + ix - left];
+                                    let k = weight[((c * s.in_channels + i) * kh + dy) * kw + dx];
+                                    acc += v as f64 * k as f64;
+                                }
+                            }
+                        }
+                        out[((b * s.out_channels + c) * ho + y) * wo + x] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_definition() {
+        for (batch, ci, size, co, kernel, padding) in [
+            (1, 1, [1, 1], 1, [1, 1], [[0, 0], [0, 0]]),
+            (2, 3, [9, 7], 4, [3, 3], [[1, 1], [1, 1]]),
+            (1, 5, [6, 11], 2, [3, 3], [[0, 1], [1, 1]]),
+            (1, 4, [40, 33], 3, [3, 3], [[1, 0], [1, 1]]),
+            (2, 6, [5, 8], 7, [1, 1], [[0, 0], [0, 0]]),
+            (1, 2, [7, 6], 3, [2, 3], [[0, 2], [1, 0]]),
+            // Few rows, many channels: output channels split between tasks.
+            (1, 3, [5, 5], 70, [3, 3], [[1, 1], [1, 1]]),
+        ] {
+            let shape = ConvShape {
+                batch,
+                in_channels: ci,
+                size,
+                out_channels: co,
+                kernel,
+                padding,
+            };
+            let input = values(batch * ci * size[0] * size[1], 1);
+            let weight = values(co * ci * kernel[0] * kernel[1], 2);
+            let bias = values(co, 3);
+            for with_bias in [false, true] {
+                let bias = with_bias.then_some(&bias[..]);
+                let got = conv2d(&input, &weight, bias, shape).unwrap();
+                let want = naive(&input, &weight, bias, shape);
+                assert_eq!(got.len(), want.len());
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(g, w)| (*g as f64 - w).abs())
+                    .fold(0.0, f64::max);
+                assert!(worst < 1e-5, "{shape:?}: {worst:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_short_slices_and_kernels_past_the_input() {
+        let shape = ConvShape {
+            batch: 1,
+            in_channels: 2,
+            size: [4, 4],
+            out_channels: 3,
+            kernel: [3, 3],
+            padding: [[0, 0], [0, 0]],
+        };
+        let x = vec![0.0; 32];
+        let k = vec![0.0; 54];
+        assert_eq!(
+            conv2d(&x[..31], &k, None, shape),
+            Err(ConvError::TooShort { name: "input" })
+        );
+        assert_eq!(
+            conv2d(&x, &k[..53], None, shape),
+            Err(ConvError::TooShort { name: "weight" })
+        );
+        let big = ConvShape {
+            kernel: [5, 5],
+            ..shape
+        };
+        assert_eq!(
+            conv2d(&x, &vec![0.0; 150], None, big),
+            Err(ConvError::Shape)
+        );
+    }
+}
