@@ -23,6 +23,8 @@ pub mod direct_conv;
 mod dtype;
 mod error;
 pub mod fused_attention;
+#[cfg(all(test, feature = "flex"))]
+mod kernel_tests;
 pub mod limits;
 pub mod rng;
 pub mod select;

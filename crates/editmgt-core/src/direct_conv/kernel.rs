@@ -233,17 +233,7 @@ pub fn conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let x = (i as u32)
-                    .wrapping_mul(2_654_435_761)
-                    .wrapping_add(seed.wrapping_mul(97));
-                ((x >> 8) % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::kernel_tests::{values, worst_error};
 
     /// The convolution by its definition, in f64.
     fn naive(input: &[f32], weight: &[f32], bias: Option<&[f32]>, s: ConvShape) -> Vec<f64> {
@@ -307,11 +297,7 @@ mod tests {
                 let got = conv2d(&input, &weight, bias, shape).unwrap();
                 let want = naive(&input, &weight, bias, shape);
                 assert_eq!(got.len(), want.len());
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(g, w)| (*g as f64 - w).abs())
-                    .fold(0.0, f64::max);
+                let worst = worst_error(&got, &want);
                 assert!(worst < 1e-5, "{shape:?}: {worst:e}");
             }
         }

@@ -300,6 +300,7 @@ impl Views<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_tests::{values, worst_error};
 
     /// Attention in f64 by its definition; output `[B, Sq, H, dv]`.
     fn naive(
@@ -346,17 +347,6 @@ mod tests {
         out
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let x = (i as u32)
-                    .wrapping_mul(2_654_435_761)
-                    .wrapping_add(seed.wrapping_mul(97));
-                ((x >> 8) % 2000) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
     #[test]
     fn matches_the_definition_with_bias_and_grouped_heads() {
         for (batch, heads, kv_heads, rows, keys, dim, value_dim) in [
@@ -388,11 +378,7 @@ mod tests {
                     kv_heads,
                     scale,
                 );
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(g, w)| (*g as f64 - w).abs())
-                    .fold(0.0, f64::max);
+                let worst = worst_error(&got, &want);
                 assert!(worst < 2e-6, "{batch}x{heads}x{rows}x{keys}: {worst:e}");
             }
         }
@@ -431,11 +417,7 @@ mod tests {
             heads,
             0.5,
         );
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(g, w)| (*g as f64 - w).abs())
-            .fold(0.0, f64::max);
+        let worst = worst_error(&got, &want);
         assert!(worst < 2e-6, "{worst:e}");
     }
 
