@@ -14,21 +14,25 @@
 //!   materialising a single weight (used by the real-shape tests).
 //! - [`LoadError`]: the typed error all of the above return, naming the file, tensor or field at
 //!   fault.
-//! - [`fused_attention`] and [`direct_conv`]: the attention and the convolution the models call,
-//!   with fused CPU kernels on Burn's `flex` backend (feature `flex`) and Burn's own ops on
-//!   every other backend.
+//! - [`fused_attention`], [`direct_conv`] and [`group_norm`]: the attention, the convolution
+//!   (also with a GroupNorm + SiLU applied to its input) and the GroupNorm statistics the models
+//!   call, with CPU kernels on Burn's `flex` backend (feature `flex`) and Burn's own ops on every
+//!   other backend.
 
 pub mod config;
 pub mod direct_conv;
 mod dtype;
 mod error;
 pub mod fused_attention;
+pub mod group_norm;
 #[cfg(all(test, feature = "flex"))]
 mod kernel_tests;
 pub mod limits;
 pub mod rng;
 pub mod select;
 pub mod shapes;
+#[cfg(feature = "flex")]
+mod vector_math;
 pub mod weights;
 
 pub use dtype::FloatType;

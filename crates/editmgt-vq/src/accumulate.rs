@@ -13,7 +13,7 @@ use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
-use editmgt_core::direct_conv::{conv2d, conv2d_module};
+use editmgt_core::direct_conv::{InputNorm, conv2d, conv2d_module, conv2d_normalized};
 
 /// `conv.forward(x)`, accumulated in `f32` when `x` is in half precision.
 pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -43,6 +43,30 @@ pub(crate) fn conv2d_with(conv: &Conv2d, x: Tensor<4>, options: ConvOptions<2>) 
         conv.weight.val().cast(DType::F32),
         bias.map(|b| b.cast(DType::F32)),
         options,
+    )
+    .cast(dtype)
+}
+
+/// `conv2d` of `norm.apply(x)` with `conv`'s weights and bias and the given options, in `f32`
+/// (the result cast back to `x`'s float type). On the CPU the normalisation runs inside the
+/// convolution's input copy ([`conv2d_normalized`]).
+pub(crate) fn conv2d_normalized_with(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    options: ConvOptions<2>,
+    norm: &InputNorm,
+) -> Tensor<4> {
+    let dtype = x.dtype();
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    if dtype == DType::F32 {
+        return conv2d_normalized(x, conv.weight.val(), bias, options, norm);
+    }
+    conv2d_normalized(
+        x.cast(DType::F32),
+        conv.weight.val().cast(DType::F32),
+        bias.map(|b| b.cast(DType::F32)),
+        options,
+        norm,
     )
     .cast(dtype)
 }

@@ -10,12 +10,15 @@
 //! computation as the plain one up to float rounding of the sums. A tensor whose input fits in
 //! one band is convolved whole, after the same normalisation. Every backend runs the same code.
 
-use crate::accumulate::{conv_forward, conv2d_with};
-use burn::nn::GroupNorm;
+use crate::accumulate::{conv_forward, conv2d_normalized_with, conv2d_with};
+use burn::module::Param;
 use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
+use editmgt_core::direct_conv::InputNorm;
+use editmgt_core::group_norm::group_stats;
 
 /// Elements of a band's input: 2 Mi (8 MiB in f32; its 3x3 patches are nine times that).
 const BAND_ELEMENTS: usize = 2 << 20;
@@ -28,21 +31,34 @@ fn band_rows(row_elements: usize, limit: usize) -> usize {
 /// Whether `conv` is a 3x3, stride 1, padding 1, ungrouped convolution (what banding supports).
 fn is_same_3x3(conv: &Conv2d) -> bool {
     conv.kernel_size == [3, 3]
+        && matches!(conv.padding, PaddingConfig2d::Explicit(1, 1, 1, 1))
         && conv.stride == [1, 1]
         && conv.dilation == [1, 1]
         && conv.groups == 1
 }
 
 /// `conv` of rows `[from, to)` of its padded input `input` (which holds input rows
-/// `[from - 1, to + 1)` clipped to the image): zero rows are added only at the image borders.
-fn conv_band(conv: &Conv2d, input: Tensor<4>, top: bool, bottom: bool) -> Tensor<4> {
-    let options = ConvOptions::new_with_padding(
+/// `[from - 1, to + 1)` clipped to the image), normalised by `norm` when given: zero rows are
+/// added only at the image borders.
+fn conv_band(
+    conv: &Conv2d,
+    input: Tensor<4>,
+    norm: &InputNorm,
+    top: bool,
+    bottom: bool,
+) -> Tensor<4> {
+    conv2d_normalized_with(conv, input, band_options(top, bottom), norm)
+}
+
+/// A 3x3 convolution's options for a band: one zero row above (below) only at the image's top
+/// (bottom), one zero column on each side.
+fn band_options(top: bool, bottom: bool) -> ConvOptions<2> {
+    ConvOptions::new_with_padding(
         [1, 1],
         [(usize::from(top), usize::from(bottom)), (1, 1)],
         [1, 1],
         1,
-    );
-    conv2d_with(conv, input, options)
+    )
 }
 
 /// Fills an output of shape `[b, channels, height, w]` band by band: `band(from, to)` returns
@@ -75,69 +91,29 @@ fn norm_silu_conv_with(norm: &GroupNorm, conv: &Conv2d, x: Tensor<4>, limit: usi
     }
     let rows = band_rows(c * w, limit);
     // Our statistics even when one band holds the whole tensor: Burn's GroupNorm reduces each
-    // group in one pass, which wgpu 0.22 on lavapipe gets wrong past a few hundred thousand
-    // elements (a 768x768 group's sum comes back 0.44x; 196,608 are right), and a group of the
-    // VQ at 1024x1024 holds millions. `group_stats` reduces rows, then groups of rows.
+    // group in one pass, which wgpu 0.22 on lavapipe gets wrong for groups as large as the VQ's
+    // at 1024x1024 (see `group_stats`).
     let (mean, std) = group_stats(&x, norm.num_groups, norm.epsilon, rows.min(h));
-    let gamma = norm.gamma.as_ref().map(|g| g.val().reshape([1, c, 1, 1]));
-    let beta = norm.beta.as_ref().map(|g| g.val().reshape([1, c, 1, 1]));
-    let normalize = |band: Tensor<4>| {
-        let dtype = band.dtype();
-        let mut y = (band.cast(DType::F32) - mean.clone()) / std.clone();
-        y = y.cast(dtype);
-        if let (Some(gamma), Some(beta)) = (&gamma, &beta) {
-            y = y * gamma.clone() + beta.clone();
-        }
-        silu(y)
+    let per_channel = |p: &Option<Param<Tensor<1>>>, default: f32| match p {
+        Some(p) => p.val().cast(DType::F32).reshape([1, c, 1, 1]),
+        None => Tensor::full([1, c, 1, 1], default, &x.device()),
+    };
+    let input_norm = InputNorm {
+        mean,
+        scale: per_channel(&norm.gamma, 1.0) / std,
+        shift: per_channel(&norm.beta, 0.0),
+        silu: true,
     };
     if rows >= h {
-        return conv_forward(conv, normalize(x));
+        return conv_band(conv, x, &input_norm, true, true);
     }
     let out_channels = conv.weight.dims()[0];
     fill_bands(&x, [b, out_channels, h, w], rows, |from, to| {
         let start = from.saturating_sub(1);
         let end = (to + 1).min(h);
         let band = x.clone().narrow(2, start, end - start);
-        conv_band(conv, normalize(band), from == 0, to == h)
+        conv_band(conv, band, &input_norm, from == 0, to == h)
     })
-}
-
-/// Per-channel mean and standard deviation `sqrt(var + eps)` of `x`'s groups, `[b, c, 1, 1]`
-/// in f32, reduced `rows` rows at a time (the variance as the mean of squared deviations, as
-/// Burn's GroupNorm computes it).
-fn group_stats(x: &Tensor<4>, groups: usize, eps: f64, rows: usize) -> (Tensor<4>, Tensor<4>) {
-    let [b, c, h, w] = x.dims();
-    let per_group = c / groups;
-    let count = (per_group * h * w) as f64;
-    let to_channels = |g: Tensor<3>| g.expand([b, groups, per_group]).reshape([b, c, 1, 1]);
-    // The per-group sum of `f` of the f32 values, band by band.
-    let group_sum = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| -> Tensor<3> {
-        let mut sum: Option<Tensor<3>> = None;
-        let mut from = 0;
-        while from < h {
-            let to = (from + rows).min(h);
-            let band = f(x.clone().narrow(2, from, to - from).cast(DType::F32));
-            // Along the row first, then over the group's rows: no single reduction longer
-            // than a row or a band's rows of a group (see `norm_silu_conv_with`).
-            let part = band
-                .reshape([b, groups, per_group * (to - from), w])
-                .sum_dim(3)
-                .sum_dim(2)
-                .reshape([b, groups, 1]);
-            sum = Some(match sum {
-                Some(s) => s + part,
-                None => part,
-            });
-            from = to;
-        }
-        sum.expect("at least one band")
-    };
-    let mean = to_channels(group_sum(&|band| band) / count);
-    let var = group_sum(&|band| {
-        let centred = band - mean.clone();
-        centred.clone() * centred
-    }) / count;
-    (mean, to_channels((var + eps).sqrt()))
 }
 
 /// `conv(nearest_2x(x))` for a 3x3 same convolution, in bands of output rows when the
@@ -161,7 +137,7 @@ fn upsample_conv_with(conv: &Conv2d, x: Tensor<4>, limit: usize) -> Tensor<4> {
         let (first, last) = (start / 2, (end - 1) / 2);
         let up = nearest_2x(x.clone().narrow(2, first, last - first + 1));
         let band = up.narrow(2, start - 2 * first, end - start);
-        conv_band(conv, band, from == 0, to == height)
+        conv2d_with(conv, band, band_options(from == 0, to == height))
     })
 }
 
@@ -252,6 +228,11 @@ mod tests {
         let per_group = values.len() / groups;
         let rows = band_rows(c * w, BAND_ELEMENTS).min(h);
         let (mean, std) = group_stats(&x, groups, 1e-6, rows);
+        // Also the generic reduction, whatever the device.
+        let (banded_mean, banded_std) =
+            editmgt_core::group_norm::group_stats_by_bands(&x, groups, 1e-6, rows);
+        assert!(max_diff(mean.clone(), banded_mean) < 1e-4);
+        assert!(max_diff(std.clone(), banded_std) < 1e-4);
         let mean = mean.into_data().try_to_vec::<f32>().unwrap();
         let std = std.into_data().try_to_vec::<f32>().unwrap();
         for g in 0..groups {

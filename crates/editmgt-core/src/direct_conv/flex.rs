@@ -5,7 +5,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 
-use super::kernel::{self, ConvShape};
+use super::InputNorm;
+use super::kernel::{self, ConvShape, Input, InputMap};
 
 /// Whether the kernel takes `input` with `options`.
 pub(super) fn takes(input: &Tensor<4>, options: &ConvOptions<2>) -> bool {
@@ -24,10 +25,50 @@ pub(super) fn conv2d(
     bias: Option<&Tensor<1>>,
     options: &ConvOptions<2>,
 ) -> Option<Tensor<4>> {
+    run(input, weight, bias, options, None)
+}
+
+/// [`conv2d`] of `norm.apply(input)`, the normalisation applied by the kernel as it copies the
+/// input; `None` when the kernel does not take the tensors.
+pub(super) fn conv2d_normalized(
+    input: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    options: &ConvOptions<2>,
+    norm: &InputNorm,
+) -> Option<Tensor<4>> {
+    let [batch, channels, _, _] = input.dims();
+    let per_image = |t: &Tensor<4>| -> Option<Vec<f32>> {
+        let [b, c, h, w] = t.dims();
+        if (b != 1 && b != batch) || c != channels || h != 1 || w != 1 {
+            return None;
+        }
+        let t = t.clone().cast(DType::F32).expand([batch, channels, 1, 1]);
+        t.into_data().try_to_vec::<f32>().ok()
+    };
+    let mean = per_image(&norm.mean)?;
+    let scale = per_image(&norm.scale)?;
+    let shift = per_image(&norm.shift)?;
+    let map = InputMap {
+        mean: &mean,
+        scale: &scale,
+        shift: &shift,
+        silu: norm.silu,
+    };
+    run(input, weight, bias, options, Some(map))
+}
+
+fn run(
+    input: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    options: &ConvOptions<2>,
+    map: Option<InputMap<'_>>,
+) -> Option<Tensor<4>> {
     if !takes(input, options) {
         return None;
     }
-    let x = contiguous_f32(input.clone().try_into_primitive::<Flex>().ok()?)?;
+    let (x, strides) = rows_contiguous(input.clone().try_into_primitive::<Flex>().ok()?)?;
     let w = contiguous_f32(weight.clone().try_into_primitive::<Flex>().ok()?)?;
     let b = match bias {
         Some(b) => Some(contiguous_f32(
@@ -50,9 +91,38 @@ pub(super) fn conv2d(
         padding: [[top, bottom], [left, right]],
     };
     let [ho, wo] = shape.output()?;
-    let out = kernel::conv2d(data(&x), data(&w), b.as_ref().map(data), shape).ok()?;
+    let start = x.layout().start_offset();
+    let input = Input {
+        data: &x.storage::<f32>()[start..],
+        strides,
+        map,
+    };
+    let out = kernel::conv2d_input(input, data(&w), b.as_ref().map(data), shape).ok()?;
     let out = FlexTensor::from_data(TensorData::new(out, [batch, out_channels, ho, wo]));
     Some(Tensor::<4>::from_primitive::<Flex>(out))
+}
+
+/// `t` (an `f32` tensor) with contiguous rows and its image, channel and row strides; copied
+/// when its layout is not such.
+fn rows_contiguous(t: FlexTensor) -> Option<(FlexTensor, [usize; 3])> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let shape: [usize; 4] = t.layout().shape().to_vec().try_into().ok()?;
+    let strides: Option<Vec<usize>> = t
+        .layout()
+        .strides()
+        .iter()
+        .map(|&s| usize::try_from(s).ok())
+        .collect();
+    if let Some(s) = strides
+        && (s[3] == 1 || shape[3] <= 1)
+    {
+        return Some((t, [s[0], s[1], s[2]]));
+    }
+    let t = t.to_contiguous();
+    let [_, c, h, w] = shape;
+    Some((t, [c * h * w, h * w, w]))
 }
 
 /// `t` with a contiguous layout (copied when it is not), if it holds `f32`.

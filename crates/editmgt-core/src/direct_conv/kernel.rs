@@ -9,6 +9,10 @@
 //! are computed and dropped (under 1% at the VQ's widths). A rayon task takes a band of output
 //! rows (and, for small images, a block of output channels); its output tile stays in cache
 //! across the taps.
+//!
+//! The copy is also where a normalisation of the input can run for free ([`InputMap`]: a
+//! GroupNorm's per-channel affine and a SiLU), and it reads the input through strides, so a
+//! band of rows of a larger tensor needs no copy of its own ([`Input`]).
 
 use rayon::prelude::*;
 
@@ -22,7 +26,7 @@ const MIN_CHANNELS: usize = 32;
 pub enum ConvError {
     /// A slice is shorter than its shape says.
     TooShort {
-        /// `input`, `weight` or `bias`.
+        /// `input`, `weight`, `bias` or `map`.
         name: &'static str,
     },
     /// The kernel is larger than the padded input, or a size is zero where it may not be.
@@ -90,6 +94,47 @@ impl Output {
     }
 }
 
+/// How the kernel reads its input: a strided `[B, Ci, H, W]` view with contiguous rows, and an
+/// optional per-channel map applied to every element as it is read.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The elements; element `[b, c, y, x]` is `data[b * strides[0] + c * strides[1] + y *
+    /// strides[2] + x]`.
+    pub data: &'a [f32],
+    /// Strides of images, channels and rows (columns are contiguous).
+    pub strides: [usize; 3],
+    /// A normalisation applied to the input before it is convolved (the zero padding stays zero).
+    pub map: Option<InputMap<'a>>,
+}
+
+impl<'a> Input<'a> {
+    /// A contiguous `[B, Ci, H, W]` input, read as it is.
+    pub fn contiguous(data: &'a [f32], shape: &ConvShape) -> Self {
+        let [h, w] = shape.size;
+        Self {
+            data,
+            strides: [shape.in_channels * h * w, h * w, w],
+            map: None,
+        }
+    }
+}
+
+/// `y = (x - mean[b, c]) * scale[b, c] + shift[b, c]`, then `silu(y)` when `silu` is set: a
+/// GroupNorm with its affine (`scale = gamma / sqrt(var + eps)`, `shift = beta`) and the
+/// activation after it, applied while the input is copied, so the normalised input is never
+/// stored on its own. Each slice holds `B * Ci` values, image-major.
+#[derive(Debug, Clone, Copy)]
+pub struct InputMap<'a> {
+    /// Subtracted first.
+    pub mean: &'a [f32],
+    /// Then multiplied.
+    pub scale: &'a [f32],
+    /// Then added.
+    pub shift: &'a [f32],
+    /// Whether SiLU follows.
+    pub silu: bool,
+}
+
 /// `out[b, co, y, x] = bias[co] + sum over ci, dy, dx of
 /// weight[co, ci, dy, dx] * padded_input[b, ci, y + dy, x + dx]`.
 ///
@@ -97,6 +142,16 @@ impl Output {
 /// Returns the contiguous `[B, Co, Ho, Wo]` output.
 pub fn conv2d(
     input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: ConvShape,
+) -> Result<Vec<f32>, ConvError> {
+    conv2d_input(Input::contiguous(input, &shape), weight, bias, shape)
+}
+
+/// [`conv2d`] of a strided, optionally mapped input (see [`Input`]).
+pub fn conv2d_input(
+    input: Input<'_>,
     weight: &[f32],
     bias: Option<&[f32]>,
     shape: ConvShape,
@@ -111,8 +166,21 @@ pub fn conv2d(
     } = shape;
     let [ho, wo] = shape.output().ok_or(ConvError::Shape)?;
     let [hp, wp] = shape.padded();
-    if input.len() < batch * ci * h * w {
+    let [batch_stride, channel_stride, row_stride] = input.strides;
+    let needed = if batch * ci * h * w == 0 {
+        0
+    } else {
+        (batch - 1) * batch_stride + (ci - 1) * channel_stride + (h - 1) * row_stride + w
+    };
+    if input.data.len() < needed {
         return Err(ConvError::TooShort { name: "input" });
+    }
+    if let Some(map) = &input.map
+        && [map.mean, map.scale, map.shift]
+            .iter()
+            .any(|m| m.len() < batch * ci)
+    {
+        return Err(ConvError::TooShort { name: "map" });
     }
     if weight.len() < co * ci * kh * kw {
         return Err(ConvError::TooShort { name: "weight" });
@@ -135,18 +203,33 @@ pub fn conv2d(
 
     // Each padded plane has `kw - 1` zeros after it, which the last row's last taps read.
     let plane = hp * wp + (kw - 1);
-    let direct = shape.padding == [[0, 0], [0, 0]] && kw == 1;
+    let direct = shape.padding == [[0, 0], [0, 0]]
+        && kw == 1
+        && input.map.is_none()
+        && input.strides == [ci * h * w, h * w, w];
     let padded: std::borrow::Cow<'_, [f32]> = if direct {
-        std::borrow::Cow::Borrowed(&input[..batch * ci * h * w])
+        std::borrow::Cow::Borrowed(&input.data[..batch * ci * h * w])
     } else {
         let mut padded = vec![0.0f32; batch * ci * plane];
         padded
             .par_chunks_mut(plane)
-            .zip(input.par_chunks(h * w))
-            .for_each(|(dst, src)| {
-                for (y, row) in src.chunks_exact(w).enumerate() {
+            .enumerate()
+            .for_each(|(index, dst)| {
+                let (b, c) = (index / ci, index % ci);
+                let from = b * batch_stride + c * channel_stride;
+                for y in 0..h {
+                    let row = &input.data[from + y * row_stride..][..w];
                     let start = (y + top) * wp + left;
-                    dst[start..start + w].copy_from_slice(row);
+                    let dst = &mut dst[start..start + w];
+                    match &input.map {
+                        None => dst.copy_from_slice(row),
+                        Some(map) => map_row(
+                            dst,
+                            row,
+                            [map.mean[index], map.scale[index], map.shift[index]],
+                            map.silu,
+                        ),
+                    }
                 }
             });
         std::borrow::Cow::Owned(padded)
@@ -230,6 +313,50 @@ pub fn conv2d(
     Ok(out)
 }
 
+/// `dst[i] = (src[i] - mean) * scale + shift`, then SiLU when `silu` (see [`InputMap`]).
+#[inline(always)]
+fn map_row_body(dst: &mut [f32], src: &[f32], [mean, scale, shift]: [f32; 3], silu: bool) {
+    if silu {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = crate::vector_math::silu((s - mean) * scale + shift);
+        }
+    } else {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = (s - mean) * scale + shift;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn map_row_avx512(dst: &mut [f32], src: &[f32], affine: [f32; 3], silu: bool) {
+    map_row_body(dst, src, affine, silu)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn map_row_avx2(dst: &mut [f32], src: &[f32], affine: [f32; 3], silu: bool) {
+    map_row_body(dst, src, affine, silu)
+}
+
+/// [`map_row_body`] with the widest vector unit of the running CPU.
+fn map_row(dst: &mut [f32], src: &[f32], affine: [f32; 3], silu: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
+            #[allow(unsafe_code)]
+            return unsafe { map_row_avx512(dst, src, affine, silu) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
+            #[allow(unsafe_code)]
+            return unsafe { map_row_avx2(dst, src, affine, silu) };
+        }
+    }
+    map_row_body(dst, src, affine, silu)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +427,86 @@ mod tests {
                 let worst = worst_error(&got, &want);
                 assert!(worst < 1e-5, "{shape:?}: {worst:e}");
             }
+        }
+    }
+
+    /// A strided input (a band of rows of a taller tensor) with a GroupNorm-style map and SiLU
+    /// gives the convolution of the mapped band.
+    #[test]
+    fn strided_mapped_input_is_the_convolution_of_the_mapped_band() {
+        let (batch, ci, co, full_h, w) = (2, 3, 4, 9, 7);
+        let (from, h) = (2, 5);
+        let data = values(batch * ci * full_h * w, 4);
+        let mean = values(batch * ci, 5);
+        let scale = values(batch * ci, 6);
+        let shift = values(batch * ci, 7);
+        let weight = values(co * ci * 9, 8);
+        let shape = ConvShape {
+            batch,
+            in_channels: ci,
+            size: [h, w],
+            out_channels: co,
+            kernel: [3, 3],
+            padding: [[1, 0], [1, 1]],
+        };
+        for silu in [false, true] {
+            // The band, mapped, as a contiguous input.
+            let mut band = Vec::new();
+            for b in 0..batch {
+                for c in 0..ci {
+                    let i = b * ci + c;
+                    for y in from..from + h {
+                        for x in 0..w {
+                            let v = data[((b * ci + c) * full_h + y) * w + x] as f64;
+                            let v = (v - mean[i] as f64) * scale[i] as f64 + shift[i] as f64;
+                            let v = if silu { v / (1.0 + (-v).exp()) } else { v };
+                            band.push(v as f32);
+                        }
+                    }
+                }
+            }
+            let want = naive(&band, &weight, None, shape);
+            let input = Input {
+                data: &data[from * w..],
+                strides: [ci * full_h * w, full_h * w, w],
+                map: Some(InputMap {
+                    mean: &mean,
+                    scale: &scale,
+                    shift: &shift,
+                    silu,
+                }),
+            };
+            let got = conv2d_input(input, &weight, None, shape).unwrap();
+            let worst = worst_error(&got, &want);
+            assert!(worst < 1e-5, "silu {silu}: {worst:e}");
+            let short = InputMap {
+                mean: &mean[..batch * ci - 1],
+                scale: &scale,
+                shift: &shift,
+                silu,
+            };
+            let input = Input {
+                map: Some(short),
+                ..input
+            };
+            assert_eq!(
+                conv2d_input(input, &weight, None, shape),
+                Err(ConvError::TooShort { name: "map" })
+            );
+            let input = Input {
+                data: &data[from * w + 1..],
+                map: None,
+                ..input
+            };
+            assert!(conv2d_input(input, &weight, None, shape).is_ok());
+            let input = Input {
+                data: &data[(full_h - h + 1) * w..],
+                ..input
+            };
+            assert_eq!(
+                conv2d_input(input, &weight, None, shape),
+                Err(ConvError::TooShort { name: "input" })
+            );
         }
     }
 

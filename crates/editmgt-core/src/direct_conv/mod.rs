@@ -7,6 +7,12 @@
 //! case (other strides, half-precision tensors, autodiff tensors, GPU backends) gets Burn's own
 //! `conv2d`: one model code path.
 //!
+//! [`conv2d_normalized`] convolves a normalised input ([`InputNorm`]: a GroupNorm's per-channel
+//! affine, optionally followed by SiLU). On the CPU the kernel applies the normalisation while it
+//! makes its padded copy of the input, so the normalised input is never stored on its own, and it
+//! reads a band of rows of a larger tensor in place; elsewhere the normalisation runs as Burn
+//! operations before the convolution.
+//!
 //! [`kernel`] knows nothing of EditMGT or of Burn's tensor types; it could move into burn-flex.
 //! `EDITMGT_DIRECT_CONV=0` in the environment turns it off.
 
@@ -17,8 +23,9 @@ pub mod kernel;
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::Tensor;
+use burn::tensor::activation::silu;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Tensor};
 
 /// Name of the environment variable that turns the direct kernel off when set to `0`.
 pub const DIRECT_CONV_ENV: &str = "EDITMGT_DIRECT_CONV";
@@ -77,4 +84,51 @@ pub fn conv2d_module(conv: &Conv2d, input: Tensor<4>) -> Tensor<4> {
         conv.bias.as_ref().map(|b| b.val()),
         options,
     )
+}
+
+/// A per-channel normalisation of a convolution's input: `y = (x - mean) * scale + shift`, then
+/// `silu(y)` when `silu` is set. `mean`, `scale` and `shift` are `[B or 1, C, 1, 1]` in `f32`; a
+/// GroupNorm is `mean` and `scale = gamma / sqrt(var + eps)` per image and channel, `shift = beta`.
+#[derive(Debug, Clone)]
+pub struct InputNorm {
+    /// Subtracted first, `[B or 1, C, 1, 1]`.
+    pub mean: Tensor<4>,
+    /// Then multiplied, `[B or 1, C, 1, 1]`.
+    pub scale: Tensor<4>,
+    /// Then added, `[B or 1, C, 1, 1]`.
+    pub shift: Tensor<4>,
+    /// Whether SiLU follows.
+    pub silu: bool,
+}
+
+impl InputNorm {
+    /// The normalised input by Burn's operations, in `f32` whatever `x`'s float type.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = if x.dtype() == DType::F32 {
+            x
+        } else {
+            x.cast(DType::F32)
+        };
+        let y = (x - self.mean.clone()) * self.scale.clone() + self.shift.clone();
+        if self.silu { silu(y) } else { y }
+    }
+}
+
+/// [`conv2d`] of `norm.apply(input)`, in `f32`. On the CPU (a plain `f32` flex input, stride 1,
+/// dilation 1, one group) the kernel normalises while it copies the input and reads `input`
+/// through its strides; otherwise the normalised input is made first.
+pub fn conv2d_normalized(
+    input: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+    norm: &InputNorm,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if enabled()
+        && let Some(out) = flex::conv2d_normalized(&input, &weight, bias.as_ref(), &options, norm)
+    {
+        return out;
+    }
+    conv2d(norm.apply(input), weight, bias, options)
 }

@@ -8,43 +8,7 @@
 /// Lanes of the accumulators: two AVX2 registers or one AVX-512 register of `f32`.
 const LANES: usize = 16;
 
-/// Below this `exp(x)` is not a normal `f32` (`ln(2^-126)`); inputs are clamped to it.
-const EXP_MIN: f32 = -87.336_54;
-/// Above this `exp(x)` overflows `f32`; inputs are clamped to it.
-const EXP_MAX: f32 = 88.376_26;
-const LOG2_E: f32 = std::f32::consts::LOG2_E;
-/// `ln 2` split in two so that `x - n ln 2` is exact in its high part (Cody and Waite).
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
-
-/// `1.5 * 2^23`: adding it to a float of magnitude below `2^22` rounds it to an integer, which
-/// then sits in the low mantissa bits.
-const ROUND: f32 = 12_582_912.0;
-
-/// `exp(x)` within 2 ulp over the normal range (Cephes' `expf` polynomial): `x = n ln 2 + r`
-/// with `|r| <= ln 2 / 2`, `exp(r)` by a degree-7 polynomial, `2^n` built in the exponent bits.
-/// Branch-free and without float-to-int conversions, so a loop of it vectorises.
-#[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
-    let x = if x < EXP_MIN { EXP_MIN } else { x };
-    let x = if x > EXP_MAX { EXP_MAX } else { x };
-    // n = round(x / ln 2), also held as an integer in the low bits of `t`.
-    let t = x * LOG2_E + ROUND;
-    let n = t - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
-    // n is in [-126, 127] after the clamps: the low 9 bits of `t`'s bits plus 127 are the
-    // biased exponent n + 127 (the mantissa offset 0x400000 is a multiple of 512), and the
-    // shift drops every other bit.
-    let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
-    y * scale
-}
+use crate::vector_math::exp;
 
 /// Softmax numerators of one row in place: `row[j] = exp(row[j] + bias[j] - max)` where `max`
 /// is the row's maximum after the bias; returns the sum of the numerators (at least 1 unless
@@ -135,22 +99,6 @@ pub(crate) fn exp_row(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulp_over_the_softmax_range() {
-        let mut worst = 0.0f64;
-        let mut x = -87.0f32;
-        while x <= 88.0 {
-            let want = (x as f64).exp();
-            let got = exp(x) as f64;
-            worst = worst.max(((got - want) / want).abs());
-            x += 0.001_37;
-        }
-        assert!(worst < 2.5e-7, "worst relative error {worst:e}");
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-1000.0) < 1e-37);
-        assert!(exp(f32::NEG_INFINITY) < 1e-37);
-    }
 
     #[test]
     fn a_row_becomes_its_softmax_numerators() {
