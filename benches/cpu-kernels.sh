@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The CPU kernels side by side in one run (issue 14): each criterion bench with the kernels on and
-# off (`EDITMGT_FUSED_ATTENTION=0`, `EDITMGT_DIRECT_CONV=0` select Burn's own ops), then the PyTorch
+# off (`EDITMGT_FUSED_ATTENTION=0`, `EDITMGT_DIRECT_CONV=0`, `EDITMGT_GROUP_NORM_KERNEL=0` select
+# Burn's own ops), then the PyTorch
 # reference at the same shapes (`pytorch/bench_reference.py`), and one table of medians and ratios.
 #
 #   benches/cpu-kernels.sh --reference /path/to/EditMGT [--python PYTHON] [--threads N]
@@ -57,8 +58,9 @@ run on EDITMGT_FUSED_ATTENTION=1 EDITMGT_DIRECT_CONV=1 -- -p editmgt-core --benc
 run off EDITMGT_FUSED_ATTENTION=1 -- -p editmgt-core --bench attention --bench conv -- burn_op
 for mode in on off; do
     flag=1; [ "$mode" = off ] && flag=0
-    run "$mode" EDITMGT_FUSED_ATTENTION=$flag EDITMGT_DIRECT_CONV=$flag -- -p editmgt-mgt --bench forward
-    run "$mode" EDITMGT_FUSED_ATTENTION=$flag EDITMGT_DIRECT_CONV=$flag -- -p editmgt-vq --bench vq
+    kernels=(EDITMGT_FUSED_ATTENTION=$flag EDITMGT_DIRECT_CONV=$flag EDITMGT_GROUP_NORM_KERNEL=$flag)
+    run "$mode" "${kernels[@]}" -- -p editmgt-mgt --bench forward
+    run "$mode" "${kernels[@]}" -- -p editmgt-vq --bench vq
 done
 
 echo "== the PyTorch reference"
@@ -79,6 +81,7 @@ rows = [
      "attention / [2, 8, 2304, 128] without bias"),
     ("conv 3x3, 128 ch, 256x256", "conv3x3/direct/128ch_256x256", "conv3x3/burn_op/128ch_256x256", None),
     ("conv 3x3, 512 ch, 32x32", "conv3x3/direct/512ch_32x32", "conv3x3/burn_op/512ch_32x32", None),
+    ("conv 3x3, 3 -> 128 ch, 256x256", "conv3x3/direct/3to128ch_256x256", "conv3x3/burn_op/3to128ch_256x256", None),
     ("MGT forward, 1 double + 2 single", "mgt_forward_real_width_1d_2s/no_capture", None, "mgt_forward / no_capture"),
     ("MGT forward, capturing a block", "mgt_forward_real_width_1d_2s/capture_single_block", None,
      "mgt_forward / capture_single_block"),

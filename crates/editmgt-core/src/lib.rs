@@ -14,11 +14,12 @@
 //!   materialising a single weight (used by the real-shape tests).
 //! - [`LoadError`]: the typed error all of the above return, naming the file, tensor or field at
 //!   fault.
-//! - [`fused_attention`], [`direct_conv`] and [`group_norm`]: the attention, the convolution
-//!   (also with a GroupNorm + SiLU applied to its input) and the GroupNorm statistics the models
-//!   call, with CPU kernels on Burn's `flex` backend (feature `flex`) and Burn's own ops on every
+//! - [`fused_attention`], [`direct_conv`], [`group_norm`] and [`activation`]: the attention, the
+//!   convolution (also with a GroupNorm + SiLU applied to its input), the GroupNorm statistics
+//!   and the tanh GELU the models call, with CPU kernels on Burn's `flex` backend (feature `flex`) and Burn's own ops on every
 //!   other backend.
 
+pub mod activation;
 pub mod config;
 pub mod direct_conv;
 mod dtype;

@@ -2,7 +2,6 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 
 use crate::attention::{DoubleStreamAttention, JointContext};
@@ -34,17 +33,8 @@ impl FeedForward {
     }
 }
 
-/// The tanh approximation of GELU, `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, computed
-/// as `x * sigmoid(2 sqrt(2/pi) x (1 + 0.044715 x^2))` (the same function: `(1 + tanh z) / 2 =
-/// sigmoid(2z)`), which takes fewer element-wise passes and avoids `tanh`, the slowest of them
-/// on CPU.
-pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    // 2 * sqrt(2 / pi) and 2 * sqrt(2 / pi) * 0.044715.
-    const A: f64 = 2.0 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2;
-    const B: f64 = A * 0.044715;
-    let z = (x.clone() * x.clone() * B + A) * x.clone();
-    sigmoid(z) * x
-}
+/// The tanh approximation of GELU (one CPU pass on `flex`; see [`editmgt_core::activation`]).
+pub(crate) use editmgt_core::activation::gelu_tanh;
 
 /// The conditioning every block of one forward reads: `silu(temb)` for the text stream and
 /// `silu([temb, reference_temb])` for the image stream's parts.

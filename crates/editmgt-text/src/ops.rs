@@ -26,13 +26,8 @@ pub(crate) fn layer_norm<const D: usize>(norm: &LayerNorm, x: Tensor<D>, eps: f6
 }
 
 /// GELU with the tanh approximation (PyTorch `gelu(approximate="tanh")`, transformers'
-/// `gelu_pytorch_tanh`): `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
-pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-    let cube = x.clone() * x.clone() * x.clone();
-    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
-    x * (inner.tanh() + 1.0) * 0.5
-}
+/// `gelu_pytorch_tanh`), in one CPU pass on `flex` (see [`editmgt_core::activation`]).
+pub(crate) use editmgt_core::activation::gelu_tanh;
 
 /// GELU with the exact error function (PyTorch `gelu`, transformers' `gelu`).
 pub(crate) fn gelu_erf<const D: usize>(x: Tensor<D>) -> Tensor<D> {
