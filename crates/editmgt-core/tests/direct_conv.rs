@@ -10,7 +10,9 @@ use burn::nn::conv::Conv2dConfig;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, Distribution, Tensor};
-use editmgt_core::direct_conv::{InputNorm, conv2d, conv2d_module, conv2d_normalized, runs_direct};
+use editmgt_core::direct_conv::{
+    InputNorm, conv2d, conv2d_module, conv2d_normalized, conv2d_upsampled, nearest_2x, runs_direct,
+};
 use editmgt_core::group_norm::{group_stats, group_stats_by_bands};
 
 fn random<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
@@ -152,4 +154,46 @@ fn group_statistics_match_the_banded_reduction() {
         let err = relative_error(std, want_std);
         assert!(err < 1e-5, "std, {groups} groups: {err:e}");
     }
+}
+
+#[test]
+fn upsampled_rows_match_burns_op_on_the_upsampled_tensor() {
+    let device = Device::flex();
+    let x = random([2, 4, 7, 6], &device);
+    let w = random([3, 4, 3, 3], &device);
+    let b = random([3], &device);
+    // Whole, a band from an even row, a band from an odd row of a narrowed input.
+    for (input, first_row, rows, padding) in [
+        (x.clone(), 0, 14, [(1, 1), (1, 1)]),
+        (x.clone().narrow(2, 2, 4), 0, 7, [(0, 0), (1, 1)]),
+        (x.clone().narrow(2, 3, 4), 1, 7, [(0, 1), (1, 1)]),
+    ] {
+        let options = ConvOptions::new_with_padding([1, 1], padding, [1, 1], 1);
+        let got = conv2d_upsampled(
+            input.clone(),
+            w.clone(),
+            Some(b.clone()),
+            options.clone(),
+            first_row,
+            rows,
+        );
+        let up = nearest_2x(input).narrow(2, first_row, rows);
+        let want = burn_conv2d(up, w.clone(), Some(b.clone()), options);
+        let err = relative_error(got, want);
+        assert!(err < 1e-5, "rows {first_row}+{rows}: {err:e}");
+    }
+    // Half precision takes Burn's ops on the upsampled tensor.
+    let half = x.clone().cast(DType::F16);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let got = conv2d_upsampled(
+        half.clone(),
+        w.clone().cast(DType::F16),
+        None,
+        options.clone(),
+        0,
+        14,
+    );
+    let want = burn_conv2d(nearest_2x(x), w, None, options);
+    let err = relative_error(got.cast(DType::F32), want);
+    assert!(err < 1e-2, "f16: {err:e}");
 }

@@ -13,7 +13,7 @@ use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
-use editmgt_core::direct_conv::{InputNorm, conv2d, conv2d_module, conv2d_normalized};
+use editmgt_core::direct_conv::{InputNorm, conv2d_module, conv2d_normalized, conv2d_upsampled};
 
 /// `conv.forward(x)`, accumulated in `f32` when `x` is in half precision.
 pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -28,23 +28,6 @@ pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         .as_ref()
         .map(|b| Param::from_tensor(b.val().cast(DType::F32)));
     conv2d_module(&wide, x.cast(DType::F32)).cast(dtype)
-}
-
-/// `conv2d` of `x` with `conv`'s weights and bias and the given options, accumulated in `f32`
-/// when `x` is in half precision.
-pub(crate) fn conv2d_with(conv: &Conv2d, x: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
-    let dtype = x.dtype();
-    let bias = conv.bias.as_ref().map(|b| b.val());
-    if dtype == DType::F32 {
-        return conv2d(x, conv.weight.val(), bias, options);
-    }
-    conv2d(
-        x.cast(DType::F32),
-        conv.weight.val().cast(DType::F32),
-        bias.map(|b| b.cast(DType::F32)),
-        options,
-    )
-    .cast(dtype)
 }
 
 /// `conv2d` of `norm.apply(x)` with `conv`'s weights and bias and the given options, in `f32`
@@ -67,6 +50,32 @@ pub(crate) fn conv2d_normalized_with(
         bias.map(|b| b.cast(DType::F32)),
         options,
         norm,
+    )
+    .cast(dtype)
+}
+
+/// `conv2d` of rows `[first_row, first_row + rows)` of `nearest_2x(x)` with `conv`'s weights and
+/// bias and the given options, accumulated in `f32` when `x` is in half precision. On the CPU
+/// the upsampling runs inside the convolution's input copy ([`conv2d_upsampled`]).
+pub(crate) fn conv2d_upsampled_with(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    options: ConvOptions<2>,
+    first_row: usize,
+    rows: usize,
+) -> Tensor<4> {
+    let dtype = x.dtype();
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    if dtype == DType::F32 {
+        return conv2d_upsampled(x, conv.weight.val(), bias, options, first_row, rows);
+    }
+    conv2d_upsampled(
+        x.cast(DType::F32),
+        conv.weight.val().cast(DType::F32),
+        bias.map(|b| b.cast(DType::F32)),
+        options,
+        first_row,
+        rows,
     )
     .cast(dtype)
 }

@@ -8,16 +8,18 @@
 //! allocated whole; the band's input (a few tens of MB) is made, convolved and dropped. GroupNorm
 //! statistics are whole-tensor (reduced band by band, a row at a time), so the result is the same
 //! computation as the plain one up to float rounding of the sums. A tensor whose input fits in
-//! one band is convolved whole, after the same normalisation. Every backend runs the same code.
+//! one band is convolved whole, after the same normalisation. Every backend runs the same code;
+//! on the CPU the normalisation and the upsampling happen inside the convolution's own copy of
+//! its input (`editmgt_core::direct_conv`), so a band's input is not stored either.
 
-use crate::accumulate::{conv_forward, conv2d_normalized_with, conv2d_with};
+use crate::accumulate::{conv_forward, conv2d_normalized_with, conv2d_upsampled_with};
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::activation::silu;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
-use editmgt_core::direct_conv::InputNorm;
+use editmgt_core::direct_conv::{InputNorm, nearest_2x};
 use editmgt_core::group_norm::group_stats;
 
 /// Elements of a band's input: 2 Mi (8 MiB in f32; its 3x3 patches are nine times that).
@@ -126,28 +128,27 @@ fn upsample_conv_with(conv: &Conv2d, x: Tensor<4>, limit: usize) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     let (height, width) = (2 * h, 2 * w);
     let rows = band_rows(c * width, limit);
-    if rows >= height || !is_same_3x3(conv) {
+    if !is_same_3x3(conv) {
         return conv_forward(conv, nearest_2x(x));
+    }
+    if rows >= height {
+        return conv2d_upsampled_with(conv, x, band_options(true, true), 0, height);
     }
     let out_channels = conv.weight.dims()[0];
     fill_bands(&x, [b, out_channels, height, width], rows, |from, to| {
-        // Upsampled rows [from - 1, to + 1) clipped, from input rows [first, last].
+        // Upsampled rows [from - 1, to + 1) clipped, from input rows [first, last]; the
+        // convolution upsamples them as it reads them (on the CPU, without storing them).
         let start = from.saturating_sub(1);
         let end = (to + 1).min(height);
         let (first, last) = (start / 2, (end - 1) / 2);
-        let up = nearest_2x(x.clone().narrow(2, first, last - first + 1));
-        let band = up.narrow(2, start - 2 * first, end - start);
-        conv2d_with(conv, band, band_options(from == 0, to == height))
+        conv2d_upsampled_with(
+            conv,
+            x.clone().narrow(2, first, last - first + 1),
+            band_options(from == 0, to == height),
+            start - 2 * first,
+            end - start,
+        )
     })
-}
-
-/// Repeats every pixel into a 2x2 block (exactly PyTorch's `interpolate(scale_factor=2,
-/// mode="nearest")`).
-pub(crate) fn nearest_2x(x: Tensor<4>) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, 2, w, 2])
-        .reshape([b, c, 2 * h, 2 * w])
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 
 use super::InputNorm;
-use super::kernel::{self, ConvShape, Input, InputMap};
+use super::kernel::{self, ConvShape, Input, InputMap, Upsample};
 
 /// Whether the kernel takes `input` with `options`.
 pub(super) fn takes(input: &Tensor<4>, options: &ConvOptions<2>) -> bool {
@@ -25,7 +25,26 @@ pub(super) fn conv2d(
     bias: Option<&Tensor<1>>,
     options: &ConvOptions<2>,
 ) -> Option<Tensor<4>> {
-    run(input, weight, bias, options, None)
+    run(input, weight, bias, options, None, None)
+}
+
+/// [`conv2d`] of upsampled rows `[first_row, first_row + rows)` of `input` (nearest, x2), the
+/// upsampling done by the kernel as it copies the input; `None` when the kernel does not take
+/// the tensors.
+pub(super) fn conv2d_upsampled(
+    input: &Tensor<4>,
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    options: &ConvOptions<2>,
+    first_row: usize,
+    rows: usize,
+) -> Option<Tensor<4>> {
+    let [_, _, h, w] = input.dims();
+    if first_row + rows > 2 * h {
+        return None;
+    }
+    let upsample = (Upsample { first_row }, [rows, 2 * w]);
+    run(input, weight, bias, options, None, Some(upsample))
 }
 
 /// [`conv2d`] of `norm.apply(input)`, the normalisation applied by the kernel as it copies the
@@ -55,7 +74,7 @@ pub(super) fn conv2d_normalized(
         shift: &shift,
         silu: norm.silu,
     };
-    run(input, weight, bias, options, Some(map))
+    run(input, weight, bias, options, Some(map), None)
 }
 
 fn run(
@@ -64,6 +83,7 @@ fn run(
     bias: Option<&Tensor<1>>,
     options: &ConvOptions<2>,
     map: Option<InputMap<'_>>,
+    upsample: Option<(Upsample, [usize; 2])>,
 ) -> Option<Tensor<4>> {
     if !takes(input, options) {
         return None;
@@ -77,6 +97,7 @@ fn run(
         None => None,
     };
     let [batch, in_channels, h, width] = input.dims();
+    let [h, width] = upsample.map_or([h, width], |(_, size)| size);
     let [out_channels, weight_in, kh, kw] = weight.dims();
     if weight_in != in_channels {
         return None;
@@ -96,6 +117,7 @@ fn run(
         data: &x.storage::<f32>()[start..],
         strides,
         map,
+        upsample: upsample.map(|(up, _)| up),
     };
     let out = kernel::conv2d_input(input, data(&w), b.as_ref().map(data), shape).ok()?;
     let out = FlexTensor::from_data(TensorData::new(out, [batch, out_channels, ho, wo]));

@@ -105,6 +105,18 @@ pub struct Input<'a> {
     pub strides: [usize; 3],
     /// A normalisation applied to the input before it is convolved (the zero padding stays zero).
     pub map: Option<InputMap<'a>>,
+    /// Nearest-neighbour x2 upsampling of `data` before the convolution (see [`Upsample`]).
+    pub upsample: Option<Upsample>,
+}
+
+/// The convolved input is rows of the nearest-neighbour x2 upsampling of the data (PyTorch's
+/// `interpolate(scale_factor=2, mode="nearest")`): element `[b, c, y, x]` of the input of size
+/// [`ConvShape::size`] is data element `[b, c, (y + first_row) / 2, x / 2]`. The upsampled
+/// tensor, four times the data, is never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upsample {
+    /// The first upsampled row that is convolved (0 or 1 for a band that starts at a data row).
+    pub first_row: usize,
 }
 
 impl<'a> Input<'a> {
@@ -115,6 +127,7 @@ impl<'a> Input<'a> {
             data,
             strides: [shape.in_channels * h * w, h * w, w],
             map: None,
+            upsample: None,
         }
     }
 }
@@ -167,10 +180,23 @@ pub fn conv2d_input(
     let [ho, wo] = shape.output().ok_or(ConvError::Shape)?;
     let [hp, wp] = shape.padded();
     let [batch_stride, channel_stride, row_stride] = input.strides;
+    // The data rows and columns that the input's `h x w` elements read.
+    let source = |y: usize| match input.upsample {
+        Some(up) => (y + up.first_row) / 2,
+        None => y,
+    };
+    let data_width = if input.upsample.is_some() {
+        w.div_ceil(2)
+    } else {
+        w
+    };
     let needed = if batch * ci * h * w == 0 {
         0
     } else {
-        (batch - 1) * batch_stride + (ci - 1) * channel_stride + (h - 1) * row_stride + w
+        (batch - 1) * batch_stride
+            + (ci - 1) * channel_stride
+            + source(h - 1) * row_stride
+            + data_width
     };
     if input.data.len() < needed {
         return Err(ConvError::TooShort { name: "input" });
@@ -206,6 +232,7 @@ pub fn conv2d_input(
     let direct = shape.padding == [[0, 0], [0, 0]]
         && kw == 1
         && input.map.is_none()
+        && input.upsample.is_none()
         && input.strides == [ci * h * w, h * w, w];
     let padded: std::borrow::Cow<'_, [f32]> = if direct {
         std::borrow::Cow::Borrowed(&input.data[..batch * ci * h * w])
@@ -218,17 +245,34 @@ pub fn conv2d_input(
                 let (b, c) = (index / ci, index % ci);
                 let from = b * batch_stride + c * channel_stride;
                 for y in 0..h {
-                    let row = &input.data[from + y * row_stride..][..w];
+                    let row = &input.data[from + source(y) * row_stride..][..data_width];
                     let start = (y + top) * wp + left;
                     let dst = &mut dst[start..start + w];
-                    match &input.map {
-                        None => dst.copy_from_slice(row),
-                        Some(map) => map_row(
+                    match (&input.map, input.upsample) {
+                        (None, None) => dst.copy_from_slice(row),
+                        (Some(map), None) => map_row(
                             dst,
                             row,
                             [map.mean[index], map.scale[index], map.shift[index]],
                             map.silu,
                         ),
+                        (map, Some(_)) => {
+                            for (pair, &v) in dst.chunks_mut(2).zip(row) {
+                                let v = match map {
+                                    Some(map) => {
+                                        let y = (v - map.mean[index]) * map.scale[index]
+                                            + map.shift[index];
+                                        if map.silu {
+                                            crate::vector_math::silu(y)
+                                        } else {
+                                            y
+                                        }
+                                    }
+                                    None => v,
+                                };
+                                pair.fill(v);
+                            }
+                        }
                     }
                 }
             });
@@ -430,6 +474,24 @@ mod tests {
         }
     }
 
+    /// A 3x3 convolution's sizes.
+    fn shape_3x3(
+        batch: usize,
+        in_channels: usize,
+        out_channels: usize,
+        size: [usize; 2],
+        padding: [[usize; 2]; 2],
+    ) -> ConvShape {
+        ConvShape {
+            batch,
+            in_channels,
+            size,
+            out_channels,
+            kernel: [3, 3],
+            padding,
+        }
+    }
+
     /// A strided input (a band of rows of a taller tensor) with a GroupNorm-style map and SiLU
     /// gives the convolution of the mapped band.
     #[test]
@@ -441,14 +503,7 @@ mod tests {
         let scale = values(batch * ci, 6);
         let shift = values(batch * ci, 7);
         let weight = values(co * ci * 9, 8);
-        let shape = ConvShape {
-            batch,
-            in_channels: ci,
-            size: [h, w],
-            out_channels: co,
-            kernel: [3, 3],
-            padding: [[1, 0], [1, 1]],
-        };
+        let shape = shape_3x3(batch, ci, co, [h, w], [[1, 0], [1, 1]]);
         for silu in [false, true] {
             // The band, mapped, as a contiguous input.
             let mut band = Vec::new();
@@ -469,6 +524,7 @@ mod tests {
             let input = Input {
                 data: &data[from * w..],
                 strides: [ci * full_h * w, full_h * w, w],
+                upsample: None,
                 map: Some(InputMap {
                     mean: &mean,
                     scale: &scale,
@@ -508,6 +564,56 @@ mod tests {
                 Err(ConvError::TooShort { name: "input" })
             );
         }
+    }
+
+    /// Rows of a strided input's x2 nearest upsampling give the convolution of those rows of
+    /// the upsampled tensor, odd widths and a band starting on an odd row included.
+    #[test]
+    fn upsampled_input_is_the_convolution_of_the_upsampled_rows() {
+        let (batch, ci, co, data_h, data_w) = (2, 3, 4, 6, 5);
+        let data = values(batch * ci * data_h * data_w, 9);
+        let weight = values(co * ci * 9, 10);
+        let bias = values(co, 11);
+        // (first upsampled row, rows, width of the convolved input: 2 * data_w or one less)
+        for (first_row, h, w, padding) in [
+            (0, 12, 10, [[1, 1], [1, 1]]),
+            (1, 7, 10, [[0, 0], [1, 1]]),
+            (3, 9, 9, [[0, 1], [1, 1]]),
+        ] {
+            let shape = shape_3x3(batch, ci, co, [h, w], padding);
+            let mut up = Vec::new();
+            for b in 0..batch {
+                for c in 0..ci {
+                    for y in first_row..first_row + h {
+                        for x in 0..w {
+                            up.push(data[((b * ci + c) * data_h + y / 2) * data_w + x / 2]);
+                        }
+                    }
+                }
+            }
+            let want = naive(&up, &weight, Some(&bias), shape);
+            let input = Input {
+                data: &data,
+                strides: [ci * data_h * data_w, data_h * data_w, data_w],
+                map: None,
+                upsample: Some(Upsample { first_row }),
+            };
+            let got = conv2d_input(input, &weight, Some(&bias), shape).unwrap();
+            let worst = worst_error(&got, &want);
+            assert!(worst < 1e-5, "first row {first_row}, {h}x{w}: {worst:e}");
+        }
+        // Past the data's last row.
+        let shape = shape_3x3(batch, ci, co, [12, 10], [[1, 1], [1, 1]]);
+        let input = Input {
+            data: &data,
+            strides: [ci * data_h * data_w, data_h * data_w, data_w],
+            map: None,
+            upsample: Some(Upsample { first_row: 1 }),
+        };
+        assert_eq!(
+            conv2d_input(input, &weight, None, shape),
+            Err(ConvError::TooShort { name: "input" })
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! affine, optionally followed by SiLU). On the CPU the kernel applies the normalisation while it
 //! makes its padded copy of the input, so the normalised input is never stored on its own, and it
 //! reads a band of rows of a larger tensor in place; elsewhere the normalisation runs as Burn
-//! operations before the convolution.
+//! operations before the convolution. [`conv2d_upsampled`] convolves rows of the x2 nearest
+//! upsampling of its input, which the kernel likewise makes while it copies the input.
 //!
 //! [`kernel`] knows nothing of EditMGT or of Burn's tensor types; it could move into burn-flex.
 //! `EDITMGT_DIRECT_CONV=0` in the environment turns it off.
@@ -131,4 +132,51 @@ pub fn conv2d_normalized(
         return out;
     }
     conv2d(norm.apply(input), weight, bias, options)
+}
+
+/// Nearest-neighbour x2 upsampling (PyTorch's `interpolate(scale_factor=2, mode="nearest")`):
+/// every pixel repeated into a 2x2 block.
+pub fn nearest_2x(x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
+}
+
+/// [`conv2d`] of rows `[first_row, first_row + rows)` of `nearest_2x(input)`. On the CPU (a plain
+/// `f32` flex input, stride 1, dilation 1, one group) the kernel upsamples while it copies the
+/// input, so the upsampled tensor (four times the input) is never stored; otherwise it is made
+/// first.
+///
+/// # Panics
+///
+/// When `first_row + rows` exceeds twice the input's height.
+pub fn conv2d_upsampled(
+    input: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+    first_row: usize,
+    rows: usize,
+) -> Tensor<4> {
+    let height = input.dims()[2];
+    assert!(
+        first_row + rows <= 2 * height,
+        "conv2d_upsampled: rows {first_row}..{} of an upsampled height of {}",
+        first_row + rows,
+        2 * height
+    );
+    #[cfg(feature = "flex")]
+    if enabled()
+        && let Some(out) =
+            flex::conv2d_upsampled(&input, &weight, bias.as_ref(), &options, first_row, rows)
+    {
+        return out;
+    }
+    conv2d(
+        nearest_2x(input).narrow(2, first_row, rows),
+        weight,
+        bias,
+        options,
+    )
 }
