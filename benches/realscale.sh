@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Real-scale benchmark (issue 13): a 1024x1024 edit with a full-size checkpoint of random
-# weights, timed and measured (wall time, peak resident memory) in f32 and bf16, with and
-# without --low-memory, printed as one Markdown table.
+# weights, timed and measured (wall time, peak resident memory, load, time per step and the
+# rest) in f32 and bf16, with and without --low-memory, printed as one Markdown table. The step
+# is the mean of steps 2..N on both sides (the reference's step callbacks bracket those), so it
+# needs --steps 2 or more (the default).
 #
 #   benches/realscale.sh [--steps N] [--cache DIR] [--checkpoint-dtype f32|f16|bf16]
 #                        [--dtypes "f32 bf16"] [--seed N] [--out DIR]
@@ -34,7 +36,7 @@ IMAGE="$ROOT/fixtures/tiny/cases/source.png" # 1024x1024
 PROMPT="make it into Ghibli style"
 
 usage() {
-    sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -100,7 +102,32 @@ if "$EDITMGT" edit --help 2>/dev/null | grep -q -- "--timings"; then
     TIMINGS=(--timings)
 fi
 
-# Runs one edit under GNU time; appends "dtype|low|wall|peak" to $OUT/rows.
+# Seconds of the `--timings` row that starts with LABEL in FILE (the value is in ms), or nothing.
+timing() {
+    awk -v k="$1" 'index($0, k) == 1 && $NF ~ /^[0-9.]+$/ { printf "%.1f", $NF / 1000; exit }' "$2"
+}
+
+# "load|step|fixed" of one of our edit logs: the load, one step (transformer + sampler, the mean
+# of steps 2..N) and the edit minus steps 2..N (the fixed cost plus the first step, as the
+# reference's callbacks measure it); "n/a" where a value needs --timings or two steps.
+stage_times() {
+    local log="$1" load edit transformer sampler
+    load="$(timing "load total" "$log")"
+    edit="$(timing "edit total" "$log")"
+    transformer="$(timing "transformer, mean of steps 2.." "$log")"
+    sampler="$(timing "sampler, mean per step" "$log")"
+    if [[ -n "$transformer" && -n "$sampler" && -n "$edit" ]]; then
+        awk -v l="${load:-0}" -v e="$edit" -v t="$transformer" -v s="$sampler" -v n="$STEPS" \
+            'BEGIN { printf "%.1f s|%.1f s|%.1f s", l, t + s, e - (n - 1) * (t + s) }'
+    elif [[ -n "$edit" ]]; then
+        if [[ -n "$load" ]]; then load="$load s"; else load="n/a"; fi
+        echo "$load|n/a|$edit s"
+    else
+        echo "n/a|n/a|n/a"
+    fi
+}
+
+# Runs one edit under GNU time; appends "dtype|low|wall|peak|load|step|fixed" to $OUT/rows.
 ROWS="$OUT/rows"
 : > "$ROWS"
 run_edit() {
@@ -113,7 +140,7 @@ run_edit() {
         --prompt "$PROMPT" --out "$OUT/$name.png" "${flags[@]}" > "$OUT/$name.log" 2>&1; then
         echo "   failed; see $OUT/$name.log and $OUT/$name.time" >&2
         tail -5 "$OUT/$name.log" >&2 || true
-        echo "$dtype|${low:+yes}|failed|failed" >> "$ROWS"
+        echo "$dtype|${low:+yes}|failed|failed|n/a|n/a|n/a" >> "$ROWS"
         return 0
     fi
     local wall peak_kb
@@ -125,7 +152,7 @@ run_edit() {
     peak="$(awk '{ printf "%.2f", $1 / 1048576 }' <<< "$peak_kb")"
     echo "   ${seconds} s, peak ${peak} GiB"
     [[ ${#TIMINGS[@]} -gt 0 ]] && grep -v '^\s*$' "$OUT/$name.log" | sed 's/^/   /' || true
-    echo "$dtype|${low:+yes}|$seconds s|$peak GiB" >> "$ROWS"
+    echo "$dtype|${low:+yes}|$seconds s|$peak GiB|$(stage_times "$OUT/$name.log")" >> "$ROWS"
 }
 
 for dtype in $DTYPES; do
@@ -170,31 +197,47 @@ if [[ "$WITH_REFERENCE" == 1 ]]; then
         peak_kb="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$OUT/reference.time")"
         seconds="$(awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.1f", s }' <<< "$wall")"
         peak="$(awk '{ printf "%.2f", $1 / 1048576 }' <<< "$peak_kb")"
-        REF_ROW="f32|no|$seconds s|$peak GiB"
+        # Load, mean step after the first and edit minus those steps, from the bench's JSON.
+        ref_stages="$("$VENV/bin/python" - "$OUT/reference.json" <<'PY'
+import json, sys
+rows = {r["bench"]: r["median_s"] for r in json.load(open(sys.argv[1]))["rows"]}
+def pick(prefix):
+    v = next((s for b, s in rows.items() if b.startswith(prefix)), None)
+    return "n/a" if v is None else f"{v:.1f} s"
+edit = pick("pipeline / fixed cost")
+if edit == "n/a":
+    edit = pick("pipeline / edit")
+print("|".join([pick("pipeline / load"), pick("pipeline / step"), edit]))
+PY
+)" || ref_stages="n/a|n/a|n/a"
+        REF_ROW="f32|no|$seconds s|$peak GiB|$ref_stages"
     else
         echo "   the reference failed; see $OUT/reference.log" >&2
         tail -20 "$OUT/reference.log" >&2 || true
-        REF_ROW="f32|no|failed|failed"
+        REF_ROW="f32|no|failed|failed|n/a|n/a|n/a"
     fi
 fi
 
 echo
 echo "1024x1024 edit, $STEPS step(s), checkpoint $CKPT_DTYPE on disk ($CACHE), $(nproc) cores${THREADS:+, $THREADS threads}"
 echo
-echo "| side | dtype | --low-memory | wall time | peak RSS |"
-echo "|---|---|---|---:|---:|"
-while IFS='|' read -r dtype low wall peak; do
-    echo "| editmgt-rs | $dtype | ${low:-no} | $wall | $peak |"
+echo "| side | dtype | --low-memory | wall time | peak RSS | load | step (mean of 2..N) | edit minus steps 2..N |"
+echo "|---|---|---|---:|---:|---:|---:|---:|"
+while IFS='|' read -r dtype low wall peak load step fixed; do
+    echo "| editmgt-rs | $dtype | ${low:-no} | $wall | $peak | $load | $step | $fixed |"
 done < "$ROWS"
 if [[ -n "$REF_ROW" ]]; then
-    IFS='|' read -r dtype low wall peak <<< "$REF_ROW"
-    echo "| PyTorch reference | $dtype | $low | $wall | $peak |"
+    IFS='|' read -r dtype low wall peak load step fixed <<< "$REF_ROW"
+    echo "| PyTorch reference | $dtype | $low | $wall | $peak | $load | $step | $fixed |"
     # Ratios of the f32 default run to the reference (below 1: we are faster / smaller).
     ours="$(grep '^f32||' "$ROWS" || true)"
     if [[ -n "$ours" && "$wall" != failed ]]; then
-        IFS='|' read -r _ _ our_wall our_peak <<< "$ours"
-        awk -v a="${our_wall% s}" -v b="${wall% s}" -v c="${our_peak% GiB}" -v d="${peak% GiB}" \
-            'BEGIN { if (b > 0 && d > 0 && a + 0 > 0) printf "\nf32 editmgt-rs / reference: time %.2f, peak memory %.2f\n", a / b, c / d }'
+        IFS='|' read -r _ _ our_wall our_peak _ our_step our_fixed <<< "$ours"
+        ratio() { awk -v a="${1% *}" -v b="${2% *}" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+        echo
+        echo "f32 editmgt-rs / reference: time $(ratio "$our_wall" "$wall")," \
+            "step $(ratio "$our_step" "$step"), edit minus steps 2..N $(ratio "$our_fixed" "$fixed")," \
+            "peak memory $(ratio "$our_peak" "$peak")"
     fi
     [[ "$wall" == failed ]] && exit 1
     if [[ "$FORWARD_OK" != 1 ]]; then

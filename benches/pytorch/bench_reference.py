@@ -302,7 +302,8 @@ def bench_consolidation(args, torch, rows):
 def bench_pipeline(args, torch, rows):
     """Loads every component of ``--model`` as the reference's ``init_edit_mgt`` does (from a
     local folder instead of the Hub) and times one edit: load, the whole call, and each step
-    (through the pipeline's step callback). Untested here: the development machine has no torch."""
+    (through the pipeline's step callback, so steps 2..N: the step and fixed-cost rows need two
+    steps or more). `benches/realscale.sh --with-reference` runs it."""
     import resource
 
     from diffusers import VQModel
