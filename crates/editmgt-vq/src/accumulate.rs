@@ -39,19 +39,9 @@ pub(crate) fn conv2d_normalized_with(
     options: ConvOptions<2>,
     norm: &InputNorm,
 ) -> Tensor<4> {
-    let dtype = x.dtype();
-    let bias = conv.bias.as_ref().map(|b| b.val());
-    if dtype == DType::F32 {
-        return conv2d_normalized(x, conv.weight.val(), bias, options, norm);
-    }
-    conv2d_normalized(
-        x.cast(DType::F32),
-        conv.weight.val().cast(DType::F32),
-        bias.map(|b| b.cast(DType::F32)),
-        options,
-        norm,
-    )
-    .cast(dtype)
+    in_f32(conv, x, |x, weight, bias| {
+        conv2d_normalized(x, weight, bias, options, norm)
+    })
 }
 
 /// `conv2d` of rows `[first_row, first_row + rows)` of `nearest_2x(x)` with `conv`'s weights and
@@ -64,18 +54,27 @@ pub(crate) fn conv2d_upsampled_with(
     first_row: usize,
     rows: usize,
 ) -> Tensor<4> {
+    in_f32(conv, x, |x, weight, bias| {
+        conv2d_upsampled(x, weight, bias, options, first_row, rows)
+    })
+}
+
+/// `convolve(x, weight, bias)` with `conv`'s weights and bias, all widened to `f32` when `x` is
+/// in half precision and the result narrowed back.
+fn in_f32(
+    conv: &Conv2d,
+    x: Tensor<4>,
+    convolve: impl FnOnce(Tensor<4>, Tensor<4>, Option<Tensor<1>>) -> Tensor<4>,
+) -> Tensor<4> {
     let dtype = x.dtype();
     let bias = conv.bias.as_ref().map(|b| b.val());
     if dtype == DType::F32 {
-        return conv2d_upsampled(x, conv.weight.val(), bias, options, first_row, rows);
+        return convolve(x, conv.weight.val(), bias);
     }
-    conv2d_upsampled(
+    convolve(
         x.cast(DType::F32),
         conv.weight.val().cast(DType::F32),
         bias.map(|b| b.cast(DType::F32)),
-        options,
-        first_row,
-        rows,
     )
     .cast(dtype)
 }

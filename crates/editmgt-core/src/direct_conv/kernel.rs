@@ -241,35 +241,30 @@ pub fn conv2d_input(
         padded
             .par_chunks_mut(plane)
             .enumerate()
-            .for_each(|(index, dst)| {
+            .for_each_init(Vec::new, |mapped, (index, dst)| {
                 let (b, c) = (index / ci, index % ci);
                 let from = b * batch_stride + c * channel_stride;
+                let affine = input
+                    .map
+                    .map(|m| ([m.mean[index], m.scale[index], m.shift[index]], m.silu));
                 for y in 0..h {
                     let row = &input.data[from + source(y) * row_stride..][..data_width];
                     let start = (y + top) * wp + left;
                     let dst = &mut dst[start..start + w];
-                    match (&input.map, input.upsample) {
+                    match (affine, input.upsample) {
                         (None, None) => dst.copy_from_slice(row),
-                        (Some(map), None) => map_row(
-                            dst,
-                            row,
-                            [map.mean[index], map.scale[index], map.shift[index]],
-                            map.silu,
-                        ),
-                        (map, Some(_)) => {
-                            for (pair, &v) in dst.chunks_mut(2).zip(row) {
-                                let v = match map {
-                                    Some(map) => {
-                                        let y = (v - map.mean[index]) * map.scale[index]
-                                            + map.shift[index];
-                                        if map.silu {
-                                            crate::vector_math::silu(y)
-                                        } else {
-                                            y
-                                        }
-                                    }
-                                    None => v,
-                                };
+                        (Some((affine, silu)), None) => map_row(dst, row, affine, silu),
+                        (affine, Some(_)) => {
+                            // Mapped first (at the data's width), then each value written twice.
+                            let values = match affine {
+                                Some((affine, silu)) => {
+                                    mapped.resize(data_width, 0.0);
+                                    map_row(mapped, row, affine, silu);
+                                    &mapped[..]
+                                }
+                                None => row,
+                            };
+                            for (pair, &v) in dst.chunks_mut(2).zip(values) {
                                 pair.fill(v);
                             }
                         }
