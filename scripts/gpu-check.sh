@@ -4,7 +4,7 @@
 # synthetic checkpoint on wgpu with per-stage timings, and prints one summary table. Plan on
 # about 10 minutes (most of it writing the 9.4 GB checkpoint and loading it).
 #
-#   scripts/gpu-check.sh [--bin DIR] [--steps N] [--cache DIR] [--dtype f32|bf16] [--out DIR]
+#   scripts/gpu-check.sh [--bin DIR] [--steps N] [--cache DIR] [--dtypes "f32 f16"] [--out DIR]
 #
 # --bin DIR: prebuilt binaries instead of building (for a GPU machine without Rust): DIR holds
 #   `editmgt` (built with the wgpu feature), `synth-checkpoint`, and the parity test binaries
@@ -12,9 +12,11 @@
 #   with `scripts/gpu-check.sh --package DIR` (it builds in release and copies them there).
 # Without --bin it builds offline here: `cargo test --release --workspace --no-run` (the test
 #   build has wgpu compiled in) and `cargo build --release -p editmgt-testkit`.
-# --steps: edit steps (default 36, the released schedule). --dtype: compute dtype of the edit
-#   (default f32). --cache: where the synthetic checkpoint goes (default target/synth-bf16; reused
-#   when it is there).
+# --steps: edit steps (default 36, the released schedule). --dtypes: the compute dtypes to edit
+#   in, one edit each (default f32; f16 needs the adapter's shader-f16, and wgpu has no bf16).
+#   --dtype is the same for one. --cache: where the synthetic checkpoint goes (default
+#   target/synth-bf16; reused when it is there). --out: logs and edited images (default
+#   target/gpu-check).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,10 +24,10 @@ BIN=""
 PACKAGE=""
 STEPS=36
 CACHE=""
-DTYPE=f32
+DTYPES=f32
 OUT=""
 
-usage() { sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -33,7 +35,7 @@ while [[ $# -gt 0 ]]; do
         --package) PACKAGE="$2"; shift 2 ;;
         --steps) STEPS="$2"; shift 2 ;;
         --cache) CACHE="$2"; shift 2 ;;
-        --dtype) DTYPE="$2"; shift 2 ;;
+        --dtype|--dtypes) DTYPES="$2"; shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "gpu-check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -58,10 +60,11 @@ for line in sys.stdin:
     if m.get("reason") != "compiler-artifact" or not m.get("executable"):
         continue
     t = m["target"]
-    pkg = m["package_id"].split("#")[-1].split("@")[0].rsplit("/", 1)[-1]
+    # The package folder names the crate (a path package id may omit the name).
+    pkg = m["manifest_path"].rsplit("/", 2)[-2]
     if t["name"] == "parity" and "test" in t["kind"] and pkg in want:
         print("parity-" + pkg, m["executable"])
-    elif t["name"] == "editmgt" and "bin" in t["kind"]:
+    elif t["name"] == "editmgt" and "bin" in t["kind"] and not m["profile"]["test"]:
         print("editmgt", m["executable"])
 ' "${CRATES[@]}"
     echo "synth-checkpoint $ROOT/target/release/synth-checkpoint"
@@ -125,19 +128,21 @@ start=$(date +%s.%N)
 end=$(date +%s.%N)
 echo "synthetic checkpoint|ok|$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f s", b - a }')" >> "$ROWS"
 
-echo "== 1024x1024 edit on wgpu, $STEPS steps, $DTYPE"
-start=$(date +%s.%N)
-if "$BIN/editmgt" edit --model "$CACHE" --image "$ROOT/fixtures/tiny/cases/source.png" \
-    --prompt "make it into Ghibli style" --steps "$STEPS" --seed 0 --device wgpu --dtype "$DTYPE" \
-    --timings --quiet --out "$OUT/edit.png" > "$OUT/edit.log" 2>&1; then
-    result=ok
-else
-    result=FAILED
-    status=1
-fi
-end=$(date +%s.%N)
-sed 's/^/   /' "$OUT/edit.log"
-echo "edit $STEPS steps ($DTYPE)|$result|$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f s", b - a }')" >> "$ROWS"
+for DTYPE in $DTYPES; do
+    echo "== 1024x1024 edit on wgpu, $STEPS steps, $DTYPE"
+    start=$(date +%s.%N)
+    if "$BIN/editmgt" edit --model "$CACHE" --image "$EDITMGT_FIXTURES/cases/source.png" \
+        --prompt "make it into Ghibli style" --steps "$STEPS" --seed 0 --device wgpu --dtype "$DTYPE" \
+        --timings --quiet --out "$OUT/edit-$DTYPE.png" > "$OUT/edit-$DTYPE.log" 2>&1; then
+        result=ok
+    else
+        result=FAILED
+        status=1
+    fi
+    end=$(date +%s.%N)
+    sed 's/^/   /' "$OUT/edit-$DTYPE.log"
+    echo "edit $STEPS steps ($DTYPE)|$result|$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f s", b - a }')" >> "$ROWS"
+done
 
 echo
 echo "| check | result | time |"

@@ -148,12 +148,14 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
             .record_localisation(args.heatmap.is_some());
     }
     let editor = load(&args.model)?;
+    let load_timings = editor.load_timings().clone();
     let bar = progress_bar(request.steps, args.sampling.quiet);
     let mut on_step = |event: &StepEvent<'_>| {
         bar.set_position(event.step as u64);
         Flow::Continue
     };
-    let output = editor.edit_with(&image, &request, Hooks::progress(&mut on_step))?;
+    // One edit per run: the transformer is dropped before the VQ decoder runs.
+    let output = editor.edit_once_with(&image, &request, Hooks::progress(&mut on_step))?;
     bar.finish_and_clear();
     output
         .image
@@ -176,7 +178,7 @@ fn edit(args: EditArgs) -> Result<(), AnyError> {
             .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
     }
     if args.timings {
-        eprint!("{}", output.timings.table(Some(editor.load_timings())));
+        eprint!("{}", output.timings.table(Some(&load_timings)));
     }
     Ok(())
 }

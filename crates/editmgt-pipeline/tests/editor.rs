@@ -279,6 +279,44 @@ fn text_encoders_loaded_per_call_give_the_same_edit() {
 }
 
 #[test]
+fn a_one_shot_edit_equals_a_kept_editors_edit() {
+    let request = EditRequest::new("make it into Ghibli style")
+        .steps(3)
+        .seed(5)
+        .timings(true);
+    let image = source();
+    let kept = editor().edit(&image, &request).unwrap();
+    let once = Editor::from_folder(model_dir(), &device(), EditorOptions::default())
+        .unwrap()
+        .edit_once(&image, &request)
+        .unwrap();
+    assert_eq!(once.tokens, kept.tokens);
+    assert_eq!(once.grid, kept.grid);
+    assert_eq!(once.image.dimensions(), kept.image.dimensions());
+    assert_eq!(once.image.as_raw(), kept.image.as_raw());
+    assert_eq!(once.readback, kept.readback);
+    assert_eq!(once.timings.transformer.len(), request.steps);
+
+    // The hooks reach the loop, and an error still comes back as one.
+    let mut seen = 0;
+    let mut count = |_: &StepEvent<'_>| {
+        seen += 1;
+        Flow::Continue
+    };
+    let editor = Editor::from_folder(model_dir(), &device(), EditorOptions::default()).unwrap();
+    let hooked = editor
+        .edit_once_with(&image, &request, Hooks::progress(&mut count))
+        .unwrap();
+    assert_eq!(hooked.tokens, kept.tokens);
+    assert_eq!(seen, request.steps);
+    let editor = Editor::from_folder(model_dir(), &device(), EditorOptions::default()).unwrap();
+    assert_eq!(
+        invalid_field(editor.edit_once(&image, &EditRequest::new("x").steps(0))),
+        "steps"
+    );
+}
+
+#[test]
 fn half_precision_editors_run() {
     for float in [
         editmgt_pipeline::FloatType::F16,
