@@ -60,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     pipe.add_argument("--guidance", type=float, default=6.0, help="guidance scale (our CLI's default)")
     pipe.add_argument("--strength", type=float, default=1.1, help="reference strength (our CLI's default)")
     pipe.add_argument("--pipeline-dtype", choices=("f32", "bf16"), default="f32", help="float type of every component")
+    pipe.add_argument("--device", default="cpu",
+                      help="torch device of the pipeline bench (cpu, cuda); on a GPU the random generator is on it too")
     check = p.add_argument_group("forward_check", "the real-size logits check (benches/realscale.sh)")
     check.add_argument("--check-file", default=None,
                        help="inputs and our logits, written by `cargo run --example forward_check`")
@@ -328,20 +330,29 @@ def bench_pipeline(args, torch, rows):
     scheduler = Scheduler.from_pretrained(model, subfolder="scheduler")
     transformer = Transformer2DModel.from_pretrained(model, subfolder="editmgt", torch_dtype=dtype)
     pipe = Pipeline(transformer=transformer, tokenizer=clip_tokenizer, text_encoder=clip, vqvae=vq,
-                    scheduler=scheduler, text_encoder_t5=gemma, tokenizer_t5=gemma_tokenizer).to("cpu")
+                    scheduler=scheduler, text_encoder_t5=gemma, tokenizer_t5=gemma_tokenizer).to(args.device)
+    cuda = args.device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    sync()
     load_s = time.perf_counter() - start
 
     image = Image.open(args.image).convert("RGB")
     marks = []
 
     def callback(step, timestep, latents):
+        sync()
         marks.append(time.perf_counter())
 
     start = time.perf_counter()
     out = pipe(prompt=[args.prompt], negative_prompt=[NEGATIVE_PROMPT], height=args.resolution,
                width=args.resolution, reference_image=[image], reference_strength=args.strength,
                guidance_scale=args.guidance, num_inference_steps=args.steps,
-               generator=torch.Generator().manual_seed(0), callback=callback, callback_steps=1)
+               generator=torch.Generator(device=args.device).manual_seed(0), callback=callback, callback_steps=1)
+    sync()
     total_s = time.perf_counter() - start
     assert len(out.images) == 1
     steps = [b - a for a, b in zip(marks, marks[1:])]
@@ -357,6 +368,8 @@ def bench_pipeline(args, torch, rows):
         row("pipeline / step (mean after the first)", statistics.mean(steps))
         row("pipeline / fixed cost (edit minus steps after the first)", total_s - sum(steps))
     print(f"  pipeline peak RSS: {peak_gib:.2f} GiB", flush=True)
+    if cuda:
+        print(f"  pipeline peak GPU memory: {torch.cuda.max_memory_allocated() / 1024 ** 3:.2f} GiB", flush=True)
 
 
 def bench_forward_check(args, torch, rows):

@@ -36,6 +36,7 @@ mod adapter;
 mod device;
 mod editor;
 mod error;
+mod freed_memory;
 #[cfg(feature = "hub")]
 mod hub;
 mod mask;
