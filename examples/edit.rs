@@ -22,7 +22,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("step {}/{}", e.step, e.total);
         Flow::Continue
     };
-    let output = editor.edit_with(&image, &request, Hooks::progress(&mut report))?;
+    // One edit: `edit_once_with` consumes the editor and drops the transformer before the VQ
+    // decoder runs, for a lower peak. To make several edits, keep the editor and call
+    // `edit_with` (or `edit`) for each.
+    let output = editor.edit_once_with(&image, &request, Hooks::progress(&mut report))?;
     output.image.save(&out)?;
     println!(
         "wrote {} ({}x{}, {}x{} tokens)",
