@@ -4,15 +4,6 @@ use std::process::Command;
 
 use editmgt_testkit::{case_file, model_dir};
 
-/// The fixture model's middle and last block, `a..b`, from its `editmgt/config.json`.
-fn hold_blocks() -> String {
-    let text = std::fs::read_to_string(model_dir().join("editmgt/config.json")).unwrap();
-    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let blocks =
-        config["num_layers"].as_u64().unwrap() + config["num_single_layers"].as_u64().unwrap();
-    format!("{}..{}", (blocks - 1) / 2, blocks - 1)
-}
-
 fn editmgt() -> Command {
     Command::new(env!("CARGO_BIN_EXE_editmgt"))
 }
@@ -60,7 +51,12 @@ fn edits_an_image_and_writes_a_png_of_the_input_size() {
                 "5",
                 "--quiet",
             ])
-            .args(["--hold", "0.2", "--hold-blocks", &hold_blocks()])
+            .args([
+                "--hold",
+                "0.2",
+                "--hold-blocks",
+                &editmgt_testkit::hold_blocks_arg(),
+            ])
             .args(["--query", "sky", "--heatmap"])
             .arg(&heatmap)
             .arg("--out")

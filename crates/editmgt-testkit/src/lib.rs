@@ -98,6 +98,24 @@ pub fn model_dir() -> PathBuf {
     fixtures_root()
 }
 
+/// A `--hold-blocks` range that every fixture model has: from the middle of its blocks (double
+/// then single, as counted in `editmgt/config.json`) to its last block, exclusive (`"2..4"` for
+/// 5 blocks).
+pub fn hold_blocks_arg() -> String {
+    let path = model_dir().join("editmgt/config.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let config: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+    let count = |key: &str| {
+        config[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{} has no integer `{key}`", path.display()))
+    };
+    let blocks = count("num_layers") + count("num_single_layers");
+    format!("{}..{}", (blocks - 1) / 2, blocks - 1)
+}
+
 /// A file under the fixture root's `cases/` folder; panics if it does not exist.
 pub fn case_file(name: &str) -> PathBuf {
     let path = fixtures_root().join("cases").join(name);

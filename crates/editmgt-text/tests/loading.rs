@@ -338,8 +338,9 @@ fn streamed_gemma_errors_are_typed() {
     let path = folder.join("model.safetensors");
     let original = read_f32_safetensors(&path);
 
-    // A missing layer tensor is reported with its checkpoint name.
-    let missing = "model.layers.1.self_attn.k_proj.weight";
+    // A missing layer tensor is reported with its checkpoint name. Layer 0: the encoder reads
+    // `hidden_states[-2]`, so it never needs the last layer (a 2-layer model's layer 1).
+    let missing = "model.layers.0.self_attn.k_proj.weight";
     let mut tensors = original.clone();
     tensors.retain(|(name, _, _)| name != missing);
     assert_eq!(

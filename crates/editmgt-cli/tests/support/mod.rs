@@ -35,7 +35,7 @@ impl Server {
                 "--resolution",
                 "256",
                 "--hold-blocks",
-                "2..4",
+                &editmgt_testkit::hold_blocks_arg(),
                 "--quiet",
             ])
             .args(if extra.contains(&"--steps") {
