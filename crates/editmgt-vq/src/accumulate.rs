@@ -13,7 +13,9 @@ use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
-use editmgt_core::direct_conv::{InputNorm, conv2d_module, conv2d_normalized, conv2d_upsampled};
+use editmgt_core::direct_conv::{
+    InputNorm, conv2d, conv2d_module, conv2d_normalized, conv2d_upsampled,
+};
 
 /// `conv.forward(x)`, accumulated in `f32` when `x` is in half precision.
 pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
@@ -28,6 +30,12 @@ pub(crate) fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
         .as_ref()
         .map(|b| Param::from_tensor(b.val().cast(DType::F32)));
     conv2d_module(&wide, x.cast(DType::F32)).cast(dtype)
+}
+
+/// `conv2d(x)` with `conv`'s weights and bias and the given options (in place of the module's
+/// own padding), accumulated in `f32` when `x` is in half precision.
+pub(crate) fn conv2d_with(conv: &Conv2d, x: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
+    in_f32(conv, x, |x, weight, bias| conv2d(x, weight, bias, options))
 }
 
 /// `conv2d` of `norm.apply(x)` with `conv`'s weights and bias and the given options, in `f32`

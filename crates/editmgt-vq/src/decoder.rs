@@ -1,13 +1,12 @@
 //! The VQ decoder: latent grid -> image (diffusers `Decoder` with `UpDecoderBlock2D`s).
 
-use crate::accumulate::conv_forward;
 use burn::module::Module;
 use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor};
 
 use crate::VqConfig;
-use crate::banded::{norm_silu_conv, upsample_conv};
+use crate::banded::{Bands, Cut, conv3x3 as banded_conv3x3, norm_silu_conv, upsample_conv};
 use crate::encoder::MidBlock;
 use crate::resnet::{ResnetBlock, conv3x3, group_norm};
 
@@ -18,8 +17,8 @@ struct Upsample {
 }
 
 impl Upsample {
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        upsample_conv(&self.conv, x)
+    fn forward(&self, x: &Bands, cut: &Cut) -> Bands {
+        upsample_conv(&self.conv, x, cut)
     }
 }
 
@@ -81,16 +80,18 @@ impl Decoder {
         }
     }
 
-    pub(crate) fn forward(&self, latents: Tensor<4>) -> Tensor<4> {
-        let mut x = self.mid_block.forward(conv_forward(&self.conv_in, latents));
+    /// The image of `latents`, its activations stored as `cut` says.
+    pub(crate) fn forward(&self, latents: Tensor<4>, cut: &Cut) -> Tensor<4> {
+        let x = banded_conv3x3(&self.conv_in, &Bands::whole(latents), cut);
+        let mut x = self.mid_block.forward(x, cut);
         for block in &self.up_blocks {
             for resnet in &block.resnets {
-                x = resnet.forward(x);
+                x = resnet.forward(x, cut);
             }
             for up in &block.upsamplers {
-                x = up.forward(x);
+                x = up.forward(&x, cut);
             }
         }
-        norm_silu_conv(&self.conv_norm_out, &self.conv_out, x)
+        norm_silu_conv(&self.conv_norm_out, &self.conv_out, &x, cut).into_whole()
     }
 }

@@ -1,13 +1,12 @@
 //! The VQ encoder: image -> latent grid (diffusers `Encoder` with `DownEncoderBlock2D`s).
 
-use crate::accumulate::conv_forward;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
 use crate::VqConfig;
-use crate::banded::norm_silu_conv;
+use crate::banded::{Bands, Cut, conv3x3 as banded_conv3x3, downsample, norm_silu_conv};
 use crate::resnet::{ResnetBlock, conv3x3, group_norm};
 
 /// Stride-2 3x3 convolution that pads only the right and bottom by one (diffusers
@@ -39,8 +38,10 @@ impl MidBlock {
         }
     }
 
-    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.resnets.iter().fold(x, |x, block| block.forward(x))
+    pub(crate) fn forward(&self, x: Bands, cut: &Cut) -> Bands {
+        self.resnets
+            .iter()
+            .fold(x, |x, block| block.forward(x, cut))
     }
 }
 
@@ -92,17 +93,18 @@ impl Encoder {
         }
     }
 
-    pub(crate) fn forward(&self, image: Tensor<4>) -> Tensor<4> {
-        let mut x = conv_forward(&self.conv_in, image);
+    /// The latent grid of `image`, its activations stored as `cut` says.
+    pub(crate) fn forward(&self, image: Tensor<4>, cut: &Cut) -> Tensor<4> {
+        let mut x = banded_conv3x3(&self.conv_in, &Bands::whole(image), cut);
         for block in &self.down_blocks {
             for resnet in &block.resnets {
-                x = resnet.forward(x);
+                x = resnet.forward(x, cut);
             }
             for down in &block.downsamplers {
-                x = conv_forward(&down.conv, x);
+                x = downsample(&down.conv, &x, cut);
             }
         }
-        let x = self.mid_block.forward(x);
-        norm_silu_conv(&self.conv_norm_out, &self.conv_out, x)
+        let x = self.mid_block.forward(x, cut);
+        norm_silu_conv(&self.conv_norm_out, &self.conv_out, &x, cut).into_whole()
     }
 }

@@ -1,5 +1,7 @@
 use crate::accumulate::conv_forward;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -8,6 +10,7 @@ use editmgt_core::config::component_folder;
 use editmgt_core::shapes::{ParamEntry, parameter_table};
 use editmgt_core::{FloatType, KeyMap, WeightFiles, load_module};
 
+use crate::banded::Cut;
 use crate::decoder::Decoder;
 use crate::encoder::Encoder;
 use crate::quantizer::VectorQuantizer;
@@ -34,6 +37,10 @@ struct Meta {
     factor: usize,
     in_channels: usize,
     codebook: usize,
+    /// The bound set by [`VqModel::with_max_buffer_bytes`], if any.
+    max_buffer_bytes: Option<u64>,
+    /// The largest activation band stored so far, in bytes (shared by clones).
+    largest_band: Arc<AtomicU64>,
 }
 
 impl VqModel {
@@ -53,6 +60,8 @@ impl VqModel {
                 factor: config.downsampling_factor(),
                 in_channels: config.in_channels,
                 codebook: config.num_vq_embeddings,
+                max_buffer_bytes: None,
+                largest_band: Arc::default(),
             },
         }
     }
@@ -107,6 +116,34 @@ impl VqModel {
         self.meta.codebook
     }
 
+    /// Stores the activations of [`encode`](Self::encode) and [`decode`](Self::decode) in bands
+    /// of rows of at most `bytes` each (at least one row per band, whatever the bound).
+    ///
+    /// Without it the bound is the device's, [`editmgt_core::limits::max_buffer_bytes`]: 128 MiB
+    /// on GPU backends (the storage-buffer binding many adapters allow; a 128-channel activation
+    /// at 1024x1024 is 512 MiB in f32), none on the CPU (one band), or
+    /// `$EDITMGT_MAX_BUFFER_BYTES` when set. The results are the same up to float rounding.
+    pub fn with_max_buffer_bytes(mut self, bytes: u64) -> Self {
+        self.meta.max_buffer_bytes = Some(bytes);
+        self
+    }
+
+    /// The largest activation band this model's encodes and decodes have stored so far, in bytes
+    /// (0 before the first): at most the bound of
+    /// [`with_max_buffer_bytes`](Self::with_max_buffer_bytes), unless one row is larger.
+    pub fn largest_band_bytes(&self) -> u64 {
+        self.meta.largest_band.load(Ordering::Relaxed)
+    }
+
+    /// How activations on `device` are cut into bands.
+    fn cut(&self, device: &Device) -> Cut {
+        let bytes = self
+            .meta
+            .max_buffer_bytes
+            .unwrap_or_else(|| editmgt_core::limits::max_buffer_bytes(device));
+        Cut::new(bytes, self.meta.largest_band.clone())
+    }
+
     /// Encodes an image batch `[B, C, H, W]` with values in `[0, 1]` into latents
     /// `[B, embed_dim, H/f, W/f]` (after `quant_conv`).
     pub fn encode(&self, images: Tensor<4>) -> Result<Tensor<4>, VqError> {
@@ -126,8 +163,12 @@ impl VqModel {
                 factor: meta.factor,
             });
         }
+        let cut = self.cut(&images.device());
         let images = images.cast(self.float_type().dtype());
-        Ok(conv_forward(&self.quant_conv, self.encoder.forward(images)))
+        Ok(conv_forward(
+            &self.quant_conv,
+            self.encoder.forward(images, &cut),
+        ))
     }
 
     /// The token grid `[B, H, W]` of latents `[B, C, H, W]`: the nearest codebook entry of each
@@ -152,10 +193,11 @@ impl VqModel {
     /// Every token must be a codebook index; replace mask tokens first (the reference decodes
     /// them as token 0).
     pub fn decode(&self, tokens: Tensor<3, Int>) -> Result<Tensor<4>, VqError> {
+        let cut = self.cut(&tokens.device());
         let latents = self.dequantize(tokens)?;
         let image = self
             .decoder
-            .forward(conv_forward(&self.post_quant_conv, latents));
+            .forward(conv_forward(&self.post_quant_conv, latents), &cut);
         Ok(image.cast(DType::F32))
     }
 

@@ -1,12 +1,11 @@
 //! The ResNet block shared by encoder and decoder (diffusers `ResnetBlock2D`, no time embedding).
 
-use crate::accumulate::conv_forward;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 
-use crate::banded::norm_silu_conv;
+use crate::banded::{Bands, Cut, norm_silu_conv, pointwise};
 
 /// GroupNorm epsilon used throughout the VQ model.
 pub(crate) const NORM_EPS: f64 = 1e-6;
@@ -56,14 +55,14 @@ impl ResnetBlock {
             .collect()
     }
 
-    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = norm_silu_conv(&self.norm1, &self.conv1, x.clone());
-        let h = norm_silu_conv(&self.norm2, &self.conv2, h);
+    pub(crate) fn forward(&self, x: Bands, cut: &Cut) -> Bands {
+        let h = norm_silu_conv(&self.norm1, &self.conv1, &x, cut);
+        let h = norm_silu_conv(&self.norm2, &self.conv2, &h, cut);
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv_forward(conv, x),
+            Some(conv) => pointwise(conv, &x, cut),
             None => x,
         };
-        shortcut + h
+        shortcut.add(&h)
     }
 }
 

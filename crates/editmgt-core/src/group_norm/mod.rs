@@ -82,7 +82,24 @@ pub fn group_stats_by_bands(
     eps: f64,
     rows: usize,
 ) -> (Tensor<4>, Tensor<4>) {
-    let [b, c, h, w] = x.dims();
+    group_stats_of_parts(std::slice::from_ref(x), groups, eps, rows)
+}
+
+/// [`group_stats`] of the tensor that `parts` make when joined along the height (dimension 2),
+/// without joining them: an activation held as bands of rows, each reduced `rows` rows at a time
+/// by Burn's operations. Every part has the same batch, channel and width sizes.
+///
+/// # Panics
+///
+/// When `parts` is empty.
+pub fn group_stats_of_parts(
+    parts: &[Tensor<4>],
+    groups: usize,
+    eps: f64,
+    rows: usize,
+) -> (Tensor<4>, Tensor<4>) {
+    let [b, c, _, w] = parts[0].dims();
+    let h: usize = parts.iter().map(|p| p.dims()[2]).sum();
     let rows = rows.clamp(1, h.max(1));
     let per_group = c / groups;
     let count = (per_group * h * w) as f64;
@@ -90,24 +107,27 @@ pub fn group_stats_by_bands(
     // The per-group sum of `f` of the f32 values, band by band.
     let group_sum = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| -> Tensor<3> {
         let mut sum: Option<Tensor<3>> = None;
-        let mut from = 0;
-        while from < h {
-            let to = (from + rows).min(h);
-            let band = f(x.clone().narrow(2, from, to - from).cast(DType::F32));
-            // Along the row first, then over the group's rows: no single reduction longer
-            // than a row or a band's rows of a group.
-            let part = band
-                .reshape([b, groups, per_group * (to - from), w])
-                .sum_dim(3)
-                .sum_dim(2)
-                .reshape([b, groups, 1]);
-            sum = Some(match sum {
-                Some(s) => s + part,
-                None => part,
-            });
-            from = to;
+        for x in parts {
+            let height = x.dims()[2];
+            let mut from = 0;
+            while from < height {
+                let to = (from + rows).min(height);
+                let band = f(x.clone().narrow(2, from, to - from).cast(DType::F32));
+                // Along the row first, then over the group's rows: no single reduction longer
+                // than a row or a band's rows of a group.
+                let part = band
+                    .reshape([b, groups, per_group * (to - from), w])
+                    .sum_dim(3)
+                    .sum_dim(2)
+                    .reshape([b, groups, 1]);
+                sum = Some(match sum {
+                    Some(s) => s + part,
+                    None => part,
+                });
+                from = to;
+            }
         }
-        sum.unwrap_or_else(|| Tensor::zeros([b, groups, 1], &x.device()))
+        sum.unwrap_or_else(|| Tensor::zeros([b, groups, 1], &parts[0].device()))
     };
     let mean = to_channels(group_sum(&|band| band) / count);
     let var = group_sum(&|band| {

@@ -1,0 +1,47 @@
+//! The released VQ's widths at 1024x1024 on the test device, within its buffer bound.
+//!
+//! Slow (about four minutes on 2 CPU cores in the test profile, longer on Mesa's lavapipe), so ignored
+//! by default: `EDITMGT_TEST_DEVICE=wgpu cargo test --workspace --test real_scale -- --ignored`.
+//! On an adapter that binds at most 128 MiB (lavapipe), a whole 1024x1024 activation of the
+//! first level (512 MiB) cannot be allocated, so this passes only when every activation is held
+//! in bands.
+
+use std::path::Path;
+
+use burn::tensor::{Distribution, Tensor};
+use editmgt_core::limits::max_buffer_bytes;
+use editmgt_testkit::RealShapes;
+use editmgt_vq::{VqConfig, VqModel};
+
+#[test]
+#[ignore = "slow: the released VQ's widths at 1024x1024; run with --ignored"]
+fn released_widths_at_1024_stay_within_the_device_bound() {
+    let real = RealShapes::load("vqvae");
+    let config: VqConfig = serde_json::from_value(real.config.clone()).unwrap();
+    config
+        .validate(Path::new("real-shapes/vqvae.json"))
+        .unwrap();
+    let device = editmgt_testkit::device();
+    device.seed(11);
+    // Random weights at the released shapes (the real ones cannot be downloaded here).
+    let model = VqModel::new(&config, &device);
+    let size = 1024;
+    let image = Tensor::<4>::random([1, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
+    let start = std::time::Instant::now();
+    let tokens = model.tokenize(image).unwrap();
+    let factor = model.downsampling_factor();
+    assert_eq!(tokens.dims(), [1, size / factor, size / factor]);
+    let encoded = start.elapsed();
+    let decoded = model.decode(tokens).unwrap();
+    assert_eq!(decoded.dims(), [1, config.out_channels, size, size]);
+    let values = decoded.into_data().try_to_vec::<f32>().unwrap();
+    assert!(values.iter().all(|v| v.is_finite()), "non-finite pixels");
+    let bound = max_buffer_bytes(&device);
+    println!(
+        "{device:?}: encode {:.1} s, decode {:.1} s; largest band stored {} bytes (bound {bound})",
+        encoded.as_secs_f64(),
+        (start.elapsed() - encoded).as_secs_f64(),
+        model.largest_band_bytes()
+    );
+    assert!(model.largest_band_bytes() <= bound);
+}
