@@ -32,6 +32,7 @@ pub mod limits;
 pub mod rng;
 pub mod select;
 pub mod shapes;
+pub mod token_table;
 #[cfg(feature = "flex")]
 mod vector_math;
 pub mod weights;

@@ -118,7 +118,47 @@ impl WeightFiles {
     /// converted exactly from F32, F16 or BF16. Errors name the file and tensor: a tensor that is
     /// not there, not 2-d, not a float, or a row at or beyond its first dimension.
     pub fn read_rows(&self, name: &str, rows: &[u32]) -> Result<TensorData, LoadError> {
-        use std::io::{Read, Seek, SeekFrom};
+        let mut table = self.locate_table(name)?;
+        let mut out = Vec::with_capacity(rows.len() * table.width);
+        for &row in rows {
+            let row = row as usize;
+            if row >= table.count {
+                return Err(LoadError::Weights {
+                    path: table.path,
+                    message: format!(
+                        "row {row} of tensor `{name}` requested, but it has {} rows",
+                        table.count
+                    ),
+                });
+            }
+            table.read_into(row..row + 1, &mut out)?;
+        }
+        Ok(TensorData::new(out, [rows.len(), table.width]))
+    }
+
+    /// Rows `[rows.start, rows.end)` of the 2-d float tensor `name` as an f32 matrix
+    /// `[rows.len(), width]`, read in one pass from the file that holds it (see
+    /// [`WeightFiles::read_rows`] for the conversions and errors).
+    pub fn read_row_range(
+        &self,
+        name: &str,
+        rows: std::ops::Range<usize>,
+    ) -> Result<TensorData, LoadError> {
+        let mut table = self.locate_table(name)?;
+        let mut out = Vec::with_capacity(rows.len() * table.width);
+        table.read_into(rows.clone(), &mut out)?;
+        Ok(TensorData::new(out, [rows.len(), table.width]))
+    }
+
+    /// The shape `[rows, width]` of the 2-d float tensor `name`, from its file's header.
+    pub fn table_shape(&self, name: &str) -> Result<[usize; 2], LoadError> {
+        let table = self.locate_table(name)?;
+        Ok([table.count, table.width])
+    }
+
+    /// Opens the file holding the 2-d float tensor `name` and checks its header.
+    fn locate_table(&self, name: &str) -> Result<TableFile, LoadError> {
+        use std::io::Read;
         for path in &self.files {
             let io = |source| LoadError::Io {
                 path: path.clone(),
@@ -168,38 +208,16 @@ impl WeightFiles {
                     "tensor `{name}`'s data does not match its shape"
                 )));
             }
-            let start = 8 + header_len as u64 + info.data_offsets.0 as u64;
-            let mut raw = vec![0u8; width * bytes];
-            let mut out = Vec::with_capacity(rows.len() * width);
-            for &row in rows {
-                let row = row as usize;
-                if row >= count {
-                    return Err(LoadError::Weights {
-                        path: path.clone(),
-                        message: format!(
-                            "row {row} of tensor `{name}` requested, but it has {count} rows"
-                        ),
-                    });
-                }
-                file.seek(SeekFrom::Start(start + (row * width * bytes) as u64))
-                    .map_err(io)?;
-                file.read_exact(&mut raw).map_err(io)?;
-                match info.dtype {
-                    safetensors::Dtype::F32 => out.extend(
-                        raw.chunks_exact(4)
-                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                    ),
-                    safetensors::Dtype::F16 => out.extend(
-                        raw.chunks_exact(2)
-                            .map(|b| burn::tensor::f16::from_le_bytes([b[0], b[1]]).to_f32()),
-                    ),
-                    _ => out.extend(
-                        raw.chunks_exact(2)
-                            .map(|b| burn::tensor::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-                    ),
-                }
-            }
-            return Ok(TensorData::new(out, [rows.len(), width]));
+            return Ok(TableFile {
+                path: path.clone(),
+                name: name.to_string(),
+                file,
+                dtype: info.dtype,
+                start: 8 + header_len as u64 + info.data_offsets.0 as u64,
+                count,
+                width,
+                bytes,
+            });
         }
         Err(LoadError::MissingTensors {
             path: self.primary().to_path_buf(),
@@ -227,6 +245,74 @@ impl WeightFiles {
             all.extend(tensors.values().cloned());
         }
         Ok(all)
+    }
+}
+
+/// An open safetensors file and where one 2-d float tensor's rows lie in it.
+struct TableFile {
+    path: PathBuf,
+    name: String,
+    file: std::fs::File,
+    dtype: safetensors::Dtype,
+    /// Byte offset of row 0 in the file.
+    start: u64,
+    count: usize,
+    width: usize,
+    /// Bytes per value.
+    bytes: usize,
+}
+
+impl TableFile {
+    /// Appends rows `[rows.start, rows.end)` to `out` as f32 (a few MiB read at a time).
+    fn read_into(
+        &mut self,
+        rows: std::ops::Range<usize>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), LoadError> {
+        use std::io::{Read, Seek, SeekFrom};
+        if rows.end > self.count || rows.start > rows.end {
+            return Err(LoadError::Weights {
+                path: self.path.clone(),
+                message: format!(
+                    "rows {}..{} of tensor `{}` requested, but it has {} rows",
+                    rows.start, rows.end, self.name, self.count
+                ),
+            });
+        }
+        let io = |source| LoadError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let row_bytes = self.width * self.bytes;
+        self.file
+            .seek(SeekFrom::Start(
+                self.start + (rows.start * row_bytes) as u64,
+            ))
+            .map_err(io)?;
+        let per_read = ((4 << 20) / row_bytes.max(1)).max(1);
+        let mut raw = Vec::new();
+        let mut row = rows.start;
+        while row < rows.end {
+            let n = per_read.min(rows.end - row);
+            raw.resize(n * row_bytes, 0);
+            self.file.read_exact(&mut raw).map_err(io)?;
+            match self.dtype {
+                safetensors::Dtype::F32 => out.extend(
+                    raw.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
+                safetensors::Dtype::F16 => out.extend(
+                    raw.chunks_exact(2)
+                        .map(|b| burn::tensor::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+                _ => out.extend(
+                    raw.chunks_exact(2)
+                        .map(|b| burn::tensor::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                ),
+            }
+            row += n;
+        }
+        Ok(())
     }
 }
 

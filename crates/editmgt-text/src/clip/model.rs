@@ -1,15 +1,19 @@
 use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{Initializer, Module};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use editmgt_core::config::component_folder;
+use editmgt_core::token_table::TokenTable;
 use editmgt_core::{FloatType, KeyMap, WeightFiles, load_module};
 
 use super::config::ClipTextConfig;
 use crate::ops::{gelu_erf, layer_norm, linear, quick_gelu};
 use crate::{TextError, TokenIds};
+
+/// The checkpoint name (and module path) of the token embedding table.
+const TOKEN_EMBEDDING: &str = "text_model.embeddings.token_embedding.weight";
 
 /// The MLP activation of a CLIP layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +27,10 @@ enum ClipActivation {
 /// Token and position embeddings (`text_model.embeddings`).
 #[derive(Module, Debug)]
 pub(crate) struct ClipEmbeddings {
-    token_embedding: Embedding,
+    /// `token_embedding.weight`, in blocks of rows (193 MiB in f32 for the released model: more
+    /// than a GPU adapter may bind as one buffer); loaded on its own ([`TokenTable::load`]).
+    #[module(skip)]
+    token_embedding: TokenTable,
     position_embedding: Embedding,
 }
 
@@ -117,7 +124,16 @@ impl ClipTextModelWithProjection {
         Self {
             text_model: ClipTextTransformer {
                 embeddings: ClipEmbeddings {
-                    token_embedding: EmbeddingConfig::new(config.vocab_size, h).init(device),
+                    // `Embedding`'s own initialiser.
+                    token_embedding: TokenTable::new(
+                        config.vocab_size,
+                        h,
+                        &Initializer::Normal {
+                            mean: 0.0,
+                            std: 1.0,
+                        },
+                        device,
+                    ),
                     position_embedding: EmbeddingConfig::new(config.max_position_embeddings, h)
                         .init(device),
                 },
@@ -238,7 +254,14 @@ impl ClipTextEncoder {
     ) -> Result<Self, TextError> {
         dtype.check_device(device)?;
         let model = ClipTextModelWithProjection::new(&config, device);
-        let model = load_module(model, files, &Self::key_map(), dtype)?;
+        let mut model = load_module(model, files, &Self::key_map(), dtype)?;
+        model.text_model.embeddings.token_embedding = TokenTable::load(
+            files,
+            TOKEN_EMBEDDING,
+            [config.vocab_size, config.hidden_size],
+            device,
+            dtype,
+        )?;
         Ok(Self {
             model,
             config,
@@ -260,7 +283,22 @@ impl ClipTextEncoder {
 
     /// Checkpoint names and shapes of every tensor the model reads.
     pub fn parameter_table(&self) -> Vec<editmgt_core::shapes::ParamEntry> {
-        editmgt_core::shapes::parameter_table(&self.model, &Self::key_map())
+        let mut table = vec![editmgt_core::shapes::ParamEntry {
+            module_path: TOKEN_EMBEDDING.into(),
+            checkpoint_name: TOKEN_EMBEDDING.into(),
+            shape: self
+                .model
+                .text_model
+                .embeddings
+                .token_embedding
+                .shape()
+                .to_vec(),
+        }];
+        table.extend(editmgt_core::shapes::parameter_table(
+            &self.model,
+            &Self::key_map(),
+        ));
+        table
     }
 
     /// The configuration.
@@ -305,8 +343,9 @@ impl ClipTextEncoder {
         let tokens = text
             .embeddings
             .token_embedding
-            .forward(ids.to_tensor(&self.device))
-            .cast(DType::F32);
+            .lookup(ids.as_slice())
+            .cast(DType::F32)
+            .reshape([ids.batch_size(), t, self.config.hidden_size]);
         let positions = text
             .embeddings
             .position_embedding

@@ -2,11 +2,12 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use burn::module::{Initializer, Module, Param};
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Tensor, TensorData};
 use editmgt_core::config::component_folder;
 use editmgt_core::shapes::ParamEntry;
+use editmgt_core::token_table::TokenTable;
 use editmgt_core::{FloatType, KeyMap, LoadError, WeightFiles, load_module};
 
 use super::config::Gemma2Config;
@@ -164,7 +165,10 @@ fn sliding_window_mask(t: usize, window: usize, device: &Device) -> Tensor<4, Bo
 /// norm).
 #[derive(Module, Debug)]
 pub(crate) struct Gemma2Stack {
-    embed_tokens: Embedding,
+    /// `embed_tokens.weight`, in blocks of rows (2.2 GiB in f32: more than a GPU adapter may
+    /// bind as one buffer); loaded on its own ([`TokenTable::load`]), not by `load_module`.
+    #[module(skip)]
+    embed_tokens: TokenTable,
     layers: Vec<Gemma2DecoderLayer>,
 }
 
@@ -172,7 +176,16 @@ impl Gemma2Stack {
     /// `layers` decoder layers with lazily initialised parameters.
     fn new(config: &Gemma2Config, layers: usize, device: &Device) -> Self {
         Self {
-            embed_tokens: EmbeddingConfig::new(config.vocab_size, config.hidden_size).init(device),
+            // `Embedding`'s own initialiser.
+            embed_tokens: TokenTable::new(
+                config.vocab_size,
+                config.hidden_size,
+                &Initializer::Normal {
+                    mean: 0.0,
+                    std: 1.0,
+                },
+                device,
+            ),
             layers: (0..layers)
                 .map(|index| Gemma2DecoderLayer::new(config, index, device))
                 .collect(),
@@ -281,7 +294,14 @@ impl GemmaEncoder {
     ) -> Result<Self, TextError> {
         dtype.check_device(device)?;
         let model = Gemma2Stack::new(&config, config.encoder_layers(), device);
-        let model = load_module(model, files, &Self::key_map(), dtype)?;
+        let mut model = load_module(model, files, &Self::key_map(), dtype)?;
+        model.embed_tokens = TokenTable::load(
+            files,
+            &Self::embeddings_name(),
+            [config.vocab_size, config.hidden_size],
+            device,
+            dtype,
+        )?;
         Ok(Self {
             model,
             config,
@@ -302,9 +322,23 @@ impl GemmaEncoder {
         }
     }
 
+    /// The checkpoint name of the embedding table (`model.embed_tokens.weight`).
+    fn embeddings_name() -> String {
+        Self::key_map().to_checkpoint("embed_tokens.weight")
+    }
+
     /// Checkpoint names and shapes of every tensor the encoder reads.
     pub fn parameter_table(&self) -> Vec<ParamEntry> {
-        editmgt_core::shapes::parameter_table(&self.model, &Self::key_map())
+        let mut table = vec![ParamEntry {
+            module_path: "embed_tokens.weight".into(),
+            checkpoint_name: Self::embeddings_name(),
+            shape: self.model.embed_tokens.shape().to_vec(),
+        }];
+        table.extend(editmgt_core::shapes::parameter_table(
+            &self.model,
+            &Self::key_map(),
+        ));
+        table
     }
 
     /// The checkpoint tensors of `Gemma2ForCausalLM` the encoder deliberately leaves unread:
@@ -352,8 +386,9 @@ impl GemmaEncoder {
                 Ok(self
                     .model
                     .embed_tokens
-                    .forward(ids.to_tensor(&self.device))
-                    .cast(DType::F32))
+                    .lookup(ids.as_slice())
+                    .cast(DType::F32)
+                    .reshape([ids.batch_size(), ids.seq_len(), self.config.hidden_size]))
             },
             |index, x, rotary| Ok(self.model.layers[index].forward(x, rotary)),
         )
@@ -377,7 +412,7 @@ impl GemmaEncoder {
         dtype.check_device(device)?;
         let config = Gemma2Config::from_file(&folder.join("config.json"))?;
         let files = WeightFiles::discover(folder, "model")?;
-        let embeddings = Self::key_map().to_checkpoint("embed_tokens.weight");
+        let embeddings = Self::embeddings_name();
         let expected = vec![config.vocab_size, config.hidden_size];
         if let Some((_, found)) = files.tensor_infos()?.get(&embeddings)
             && *found != expected
