@@ -83,6 +83,8 @@ rows = [
     ("conv 3x3, 512 ch, 32x32", "conv3x3/direct/512ch_32x32", "conv3x3/burn_op/512ch_32x32", None),
     ("conv 3x3, 3 -> 128 ch, 256x256", "conv3x3/direct/3to128ch_256x256", "conv3x3/burn_op/3to128ch_256x256", None),
     ("MGT forward, 1 double + 2 single", "mgt_forward_real_width_1d_2s/no_capture", None, "mgt_forward / no_capture"),
+    ("MGT forward, bf16 products (--dtype bf16)", "mgt_forward_real_width_1d_2s/no_capture_bf16_products", None,
+     "mgt_forward / no_capture"),
     ("MGT forward, capturing a block", "mgt_forward_real_width_1d_2s/capture_single_block", None,
      "mgt_forward / capture_single_block"),
     ("VQ encode + quantize, 256x256", "vq_256x256_real_widths/encode+quantize", None, "vq / encode+quantize"),

@@ -57,7 +57,9 @@ pub struct ModelArgs {
     /// The backend: cpu, wgpu, cuda or cuda:N (GPU backends need their Cargo feature).
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub device: DeviceSpec,
-    /// The float type of the weights: f32, f16 or bf16.
+    /// The float type of the weights: f32, f16 or bf16. On the CPU, bf16 holds the transformer's
+    /// linear layers in bf16 and multiplies them with the CPU's AMX-BF16 or AVX512-BF16
+    /// instructions (sums in f32, activations in f32); on a CPU without them it runs in f32.
     #[arg(long, default_value = "f32", value_parser = parse_float)]
     pub dtype: FloatType,
     /// Use the least memory: the text encoders are read from the files at each edit (CLIP

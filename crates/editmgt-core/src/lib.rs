@@ -14,12 +14,16 @@
 //!   materialising a single weight (used by the real-shape tests).
 //! - [`LoadError`]: the typed error all of the above return, naming the file, tensor or field at
 //!   fault.
-//! - [`fused_attention`], [`direct_conv`], [`group_norm`] and [`activation`]: the attention, the
-//!   convolution (also with a GroupNorm + SiLU applied to its input), the GroupNorm statistics
-//!   and the tanh GELU the models call, with CPU kernels on Burn's `flex` backend (feature `flex`) and Burn's own ops on every
-//!   other backend.
+//! - [`fused_attention`], [`direct_conv`], [`group_norm`], [`activation`], [`adaln`] and
+//!   [`bf16_products`]: the attention, the convolution (also with a GroupNorm + SiLU applied to
+//!   its input), the GroupNorm statistics, the tanh GELU, the blocks' modulated LayerNorm, gated
+//!   residual and RMSNorm, and the linear layers (bf16 products on CPUs with AMX-BF16 or
+//!   AVX512-BF16) the models call, with CPU kernels on Burn's `flex` backend (feature `flex`) and
+//!   Burn's own ops on every other backend.
 
 pub mod activation;
+pub mod adaln;
+pub mod bf16_products;
 pub mod config;
 pub mod direct_conv;
 mod dtype;

@@ -1,7 +1,9 @@
 //! One forward at the released width (8 heads x 128, rope [16, 56, 56], codebook 8192, joint
 //! dim 2304) with 1 double-stream and 2 single-stream blocks: batch 2 (a guidance pair), a
 //! 64x64 token grid plus a 64x64 reference grid, 256 text rows, strength 1.1; without capture
-//! and capturing one single-stream block. Random weights (lazily initialised on first use).
+//! and capturing one single-stream block; and, on a CPU with AMX-BF16 or AVX512-BF16, with the
+//! bf16 products of `--dtype bf16` (`MgtTransformer::with_bf16_products`). Random weights
+//! (lazily initialised on first use).
 
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -85,6 +87,25 @@ fn bench(c: &mut Criterion) {
             (out.logits.into_data(), map)
         })
     });
+    let bf16 = MgtTransformer::new(&config(), &device)
+        .expect("model")
+        .with_bf16_products();
+    if let Some(isa) = bf16.bf16_products() {
+        let _ = bf16
+            .forward(input(CaptureRequest::none()))
+            .expect("forward")
+            .logits
+            .into_data();
+        eprintln!("bf16 products on {isa}");
+        group.bench_function("no_capture_bf16_products", |b| {
+            b.iter(|| {
+                let out = bf16
+                    .forward(input(CaptureRequest::none()))
+                    .expect("forward");
+                out.logits.into_data()
+            })
+        });
+    }
     group.finish();
 }
 

@@ -3,10 +3,11 @@
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
+use editmgt_core::bf16_products::linear;
 
 use crate::attention::{DoubleStreamAttention, JointContext};
 use crate::capture::CaptureRows;
-use crate::norm::{AdaLayerNormZero, layer_norm, modulate, modulate_streams};
+use crate::norm::{AdaLayerNormZero, gated, modulated};
 
 /// Linear, tanh-approximated GELU, Linear (diffusers' `FeedForward` with
 /// `activation_fn="gelu-approximate"`; `net.0.proj` and `net.2` in the checkpoint).
@@ -29,7 +30,7 @@ impl FeedForward {
 
     /// Applies the MLP to `[.., dim]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.proj_out.forward(gelu_tanh(self.proj_in.forward(x)))
+        linear(&self.proj_out, gelu_tanh(linear(&self.proj_in, x)))
     }
 }
 
@@ -86,43 +87,32 @@ impl DoubleStreamBlock {
         image: Tensor<3>,
         capture: Option<&CaptureRows>,
     ) -> (Tensor<3>, Tensor<3>, Option<Tensor<3>>) {
-        let [b, sn, d] = image.dims();
-        let (s, n) = (ctx.streams, ctx.image_len);
-        let per_stream = |x: Tensor<3>| x.reshape([b, s, n, d]);
-
-        // [B, 1, D] for the text, [B, streams, 1, D] for the image stream.
+        // [B, 1, D] for the text, [B, streams, D] for the image stream.
         let tm: Vec<Tensor<3>> = self
             .norm1_context
             .chunks(cond.text.clone(), 6)
             .into_iter()
             .map(|m| m.unsqueeze_dim(1))
             .collect();
-        let im: Vec<Tensor<4>> = self
-            .norm1
-            .chunks(cond.streams.clone(), 6)
-            .into_iter()
-            .map(|m| m.unsqueeze_dim(2))
-            .collect();
+        let im: Vec<Tensor<3>> = self.norm1.chunks(cond.streams.clone(), 6);
 
-        let text_normed = modulate(layer_norm(text.clone()), tm[0].clone(), tm[1].clone());
-        let image_normed = modulate_streams(image.clone(), s, im[0].clone(), im[1].clone());
+        let text_normed = modulated(text.clone(), tm[0].clone(), tm[1].clone());
+        let image_normed = modulated(image.clone(), im[0].clone(), im[1].clone());
 
         let (text_attn, image_attn, captured) =
             self.attn.forward(ctx, text_normed, image_normed, capture);
 
-        let image = per_stream(image) + per_stream(image_attn) * im[2].clone();
-        let image_ff = self.ff.forward(
-            modulate(layer_norm(image.clone()), im[3].clone(), im[4].clone()).reshape([b, sn, d]),
-        );
-        let image = (image + per_stream(image_ff) * im[5].clone()).reshape([b, sn, d]);
+        let image = gated(image, image_attn, im[2].clone());
+        let image_ff = self
+            .ff
+            .forward(modulated(image.clone(), im[3].clone(), im[4].clone()));
+        let image = gated(image, image_ff, im[5].clone());
 
-        let text = text + text_attn * tm[2].clone();
-        let text_ff = self.ff_context.forward(modulate(
-            layer_norm(text.clone()),
-            tm[3].clone(),
-            tm[4].clone(),
-        ));
-        let text = text + text_ff * tm[5].clone();
+        let text = gated(text, text_attn, tm[2].clone());
+        let text_ff =
+            self.ff_context
+                .forward(modulated(text.clone(), tm[3].clone(), tm[4].clone()));
+        let text = gated(text, text_ff, tm[5].clone());
 
         (text, image, captured)
     }

@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use editmgt_core::bf16_products::linear;
 
 /// The float32 frequencies of a `dim`-wide sinusoidal embedding (`dim / 2` of them).
 pub(crate) fn sinusoid_frequencies(dim: usize) -> Vec<f32> {
@@ -89,7 +90,7 @@ impl MlpEmbedding {
 
     /// Applies the embedding to `[.., d_in]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        self.linear_2.forward(silu(self.linear_1.forward(x)))
+        linear(&self.linear_2, silu(linear(&self.linear_1, x)))
     }
 }
 

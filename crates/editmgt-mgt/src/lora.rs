@@ -21,6 +21,7 @@ use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
+use editmgt_core::bf16_products::linear as product;
 use serde::{Deserialize, Serialize};
 
 /// Which streams the adapters apply to.
@@ -210,14 +211,14 @@ pub(crate) fn project(
     rows: Rows,
 ) -> Tensor<3> {
     let Some(adapter) = adapter else {
-        return layer.forward(x);
+        return product(layer, x);
     };
     match (rows, streams) {
-        (Rows::Text, _) | (_, LoraStreams::All) => layer.forward(x.clone()) + adapter.delta(x),
+        (Rows::Text, _) | (_, LoraStreams::All) => product(layer, x.clone()) + adapter.delta(x),
         (Rows::Main, LoraStreams::Reference)
-        | (Rows::Image { reference: 0, .. }, LoraStreams::Reference) => layer.forward(x),
+        | (Rows::Image { reference: 0, .. }, LoraStreams::Reference) => product(layer, x),
         (Rows::Image { image, reference }, LoraStreams::Reference) => {
-            let out = layer.forward(x.clone());
+            let out = product(layer, x.clone());
             let delta = adapter.delta(x.narrow(1, image, reference));
             let plain = out.clone().narrow(1, 0, image);
             let adapted = out.narrow(1, image, reference) + delta;

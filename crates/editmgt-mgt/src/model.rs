@@ -6,7 +6,9 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{DType, Device, Int, Tensor};
+use editmgt_core::bf16_products::{Isa, hold_weights_in_bf16, isa, linear};
 use editmgt_core::config::component_folder;
+use editmgt_core::limits::is_cpu;
 use editmgt_core::{FloatType, KeyMap, WeightFiles, load_module};
 
 use crate::MgtError;
@@ -179,6 +181,12 @@ pub struct MgtTransformer {
     config: MgtConfig,
     #[module(skip)]
     float: FloatType,
+    /// The float type activations are computed in (`float`, except `f32` on the CPU).
+    #[module(skip)]
+    compute: FloatType,
+    /// The CPU instructions the linear layers' bf16 products run on, if they do.
+    #[module(skip)]
+    products: Option<Isa>,
     #[module(skip)]
     lora_streams: LoraStreams,
 }
@@ -232,6 +240,8 @@ impl MgtTransformer {
             mlm_layer: MlmLayer::new(dim, config.codebook_size, device),
             config: config.clone(),
             float: FloatType::F32,
+            compute: FloatType::F32,
+            products: None,
             lora_streams: LoraStreams::default(),
         })
     }
@@ -245,14 +255,49 @@ impl MgtTransformer {
     /// Loads a transformer folder holding `config.json` and `diffusion_pytorch_model.safetensors`
     /// (or a sharded `diffusion_pytorch_model.safetensors.index.json`), stored in float32,
     /// float16 or bfloat16, converting the weights to `float`.
+    ///
+    /// On the CPU, [`FloatType::BF16`] means bf16 products: activations stay in `f32` and the
+    /// linear layers' weights are held in bf16 and multiplied with the CPU's bf16 instructions,
+    /// summing in `f32` ([`editmgt_core::bf16_products`]), where the CPU has AMX-BF16 or
+    /// AVX512-BF16 ([`MgtTransformer::bf16_products`] says which); elsewhere the model runs in
+    /// `f32`. On GPU backends every weight and activation is bf16.
     pub fn load_folder(folder: &Path, device: &Device, float: FloatType) -> Result<Self, MgtError> {
         float.check_device(device)?;
         let config = MgtConfig::from_folder(folder)?;
         let files = WeightFiles::discover(folder, WEIGHTS_STEM)?;
         let model = Self::new(&config, device)?;
-        let mut model = load_module(model, &files, &Self::checkpoint_keys(), float)?;
+        let cpu_bf16 = float == FloatType::BF16 && is_cpu(device);
+        let compute = if cpu_bf16 { FloatType::F32 } else { float };
+        let mut model = load_module(model, &files, &Self::checkpoint_keys(), compute)?;
         model.float = float;
+        model.compute = compute;
+        if cpu_bf16 {
+            model = model.with_bf16_products();
+        }
         Ok(model)
+    }
+
+    /// This `f32` model on the CPU with bf16 products: the linear layers' weights cast to bf16
+    /// and multiplied with the CPU's AMX-BF16 or AVX512-BF16 instructions, activations in `f32`
+    /// (what loading in [`FloatType::BF16`] gives on the CPU). Unchanged when the CPU has
+    /// neither, when the model is not on the CPU, or when it is not an `f32` model.
+    pub fn with_bf16_products(self) -> Self {
+        let device = self.context_embedder.weight.val().device();
+        if !is_cpu(&device) || self.compute != FloatType::F32 || self.products.is_some() {
+            return self;
+        }
+        let (mut model, cast) = hold_weights_in_bf16(self);
+        if cast {
+            model.products = isa();
+            model.float = FloatType::BF16;
+        }
+        model
+    }
+
+    /// The CPU instructions the linear layers' bf16 products run on (`Some` only for a model
+    /// loaded in [`FloatType::BF16`] on a CPU that has AMX-BF16 or AVX512-BF16).
+    pub fn bf16_products(&self) -> Option<Isa> {
+        self.products
     }
 
     /// Checkpoint names to module paths: the renames where our modules differ from the
@@ -283,7 +328,8 @@ impl MgtTransformer {
         &self.config
     }
 
-    /// The float type weights are held and computed in.
+    /// The float type the model was loaded in (see [`MgtTransformer::load_folder`] for what
+    /// [`FloatType::BF16`] means on the CPU).
     pub fn float_type(&self) -> FloatType {
         self.float
     }
@@ -346,7 +392,7 @@ impl MgtTransformer {
             rotary,
         } = input;
         let device = tokens.device();
-        let dtype = self.float.dtype();
+        let dtype = self.compute.dtype();
         let config = &self.config;
         let double = self.transformer_blocks.len();
         let capture = capture.resolve(
@@ -364,11 +410,11 @@ impl MgtTransformer {
         // Text states.
         let mut text = encoder_hidden_states.cast(dtype);
         if let Some(connector) = &self.connector {
-            text = connector.forward(text);
+            text = linear(connector, text);
         }
         let text = self
             .encoder_proj_layer_norm
-            .forward(self.context_embedder.forward(text));
+            .forward(linear(&self.context_embedder, text));
 
         // Conditioning: c = cond_embed([pooled, micro-conds]); temb (and reference_temb, t = 0).
         let micro = sinusoid_rows(micro_conds, MICRO_COND_EMBED_DIM).cast(dtype);
@@ -461,10 +507,11 @@ impl MgtTransformer {
         // The image tokens only (the last single block already dropped the reference).
         let image = image.narrow(1, 0, shapes.grid_h * shapes.grid_w);
 
-        let x = self
-            .project_from_hidden
-            .forward(self.project_from_hidden_norm.forward(image))
-            .reshape([batch, shapes.grid_h, shapes.grid_w, dim]);
+        let x = linear(
+            &self.project_from_hidden,
+            self.project_from_hidden_norm.forward(image),
+        )
+        .reshape([batch, shapes.grid_h, shapes.grid_w, dim]);
         let x = match &self.upsample {
             Some(upsample) => upsample.forward(x),
             None => x,
@@ -496,7 +543,7 @@ impl MgtTransformer {
         let x = self
             .project_to_hidden_norm
             .forward(x.reshape([b, h * w, c]));
-        self.project_to_hidden.forward(x)
+        linear(&self.project_to_hidden, x)
     }
 
     /// Validates the inputs against each other and the configuration.

@@ -3,8 +3,9 @@
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::silu;
-use burn::tensor::module::layer_norm as fused_layer_norm;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{Device, Tensor};
+use editmgt_core::adaln;
+use editmgt_core::bf16_products::linear;
 
 use crate::config::NORM_EPS;
 
@@ -27,47 +28,24 @@ impl RmsNorm {
         }
     }
 
-    /// Normalises `x` over its last dimension.
+    /// Normalises `x` over its last dimension (one pass on the CPU; see
+    /// [`editmgt_core::adaln`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let mean_square = x.clone().square().mean_dim(D - 1);
-        let inv = (mean_square + NORM_EPS).sqrt().recip();
-        let normed = (x * inv).cast(dtype);
-        normed * self.gamma.val().unsqueeze::<D>()
+        adaln::rms_norm(x, self.gamma.val(), NORM_EPS)
     }
 }
 
-/// LayerNorm without affine parameters (eps 1e-6) over the last dimension, with float32
-/// statistics.
-pub(crate) fn layer_norm<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let dtype = x.dtype();
-    let x = x.cast(DType::F32);
-    let dim = x.dims()[D - 1];
-    let ones = Tensor::<1>::ones([dim], (&x.device(), DType::F32));
-    fused_layer_norm(x, ones, None, NORM_EPS).cast(dtype)
+/// `layer_norm(x) * (1 + scale) + shift`, the adaptive modulation of `x` `[B, R, D]` (LayerNorm
+/// without affine parameters, eps 1e-6, float32 statistics) by `shift`, `scale` `[B, G, D]`: rows
+/// in `G` groups (the image stream's image and reference rows) each with their own modulation.
+pub(crate) fn modulated(x: Tensor<3>, shift: Tensor<3>, scale: Tensor<3>) -> Tensor<3> {
+    adaln::layer_norm_modulate(x, shift, scale, NORM_EPS)
 }
 
-/// `norm * (1 + scale) + shift`, the adaptive modulation (all operands broadcast).
-pub(crate) fn modulate<const D: usize>(
-    normed: Tensor<D>,
-    shift: Tensor<D>,
-    scale: Tensor<D>,
-) -> Tensor<D> {
-    normed * (scale + 1.0) + shift
-}
-
-/// The AdaLN input of the image stream `[B, streams * N, D]`: each stream's rows normalised and
-/// modulated by that stream's `shift` / `scale` (`[B, streams, 1, D]`).
-pub(crate) fn modulate_streams(
-    image: Tensor<3>,
-    streams: usize,
-    shift: Tensor<4>,
-    scale: Tensor<4>,
-) -> Tensor<3> {
-    let [b, sn, d] = image.dims();
-    let per_stream = layer_norm(image).reshape([b, streams, sn / streams, d]);
-    modulate(per_stream, shift, scale).reshape([b, sn, d])
+/// `x + y * gate`, the gated residual of `x`, `y` `[B, R, D]` and `gate` `[B, G, D]` (groups as
+/// in [`modulated`]).
+pub(crate) fn gated(x: Tensor<3>, y: Tensor<3>, gate: Tensor<3>) -> Tensor<3> {
+    adaln::gated_residual(x, y, gate)
 }
 
 /// AdaLayerNormZero's projection: `Linear(silu(temb))` split into `chunks` modulation vectors
@@ -90,7 +68,7 @@ impl AdaLayerNormZero {
     /// The modulation vectors of `activated` (`silu(temb)`, `[.., dim]`), each `[.., dim]`, in
     /// checkpoint order.
     pub fn chunks<const D: usize>(&self, activated: Tensor<D>, chunks: usize) -> Vec<Tensor<D>> {
-        self.linear.forward(activated).chunk(chunks, D - 1)
+        linear(&self.linear, activated).chunk(chunks, D - 1)
     }
 }
 

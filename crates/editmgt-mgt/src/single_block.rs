@@ -2,13 +2,13 @@
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
+use editmgt_core::bf16_products::{linear, linear_weights};
 
 use crate::attention::{JointContext, QueryRows, SingleStreamAttention};
 use crate::capture::CaptureRows;
 use crate::double_block::{BlockConditioning, gelu_tanh};
-use crate::norm::{AdaLayerNormZero, layer_norm, modulate, modulate_streams};
+use crate::norm::{AdaLayerNormZero, gated, modulated};
 
 /// One single-stream block (the reference's `SingleTransformerBlock`): AdaLN-Zero (shift,
 /// scale, gate), attention and a tanh-GELU MLP in parallel, `proj_out(concat(attn, mlp))`
@@ -44,13 +44,13 @@ impl SingleStreamBlock {
 
     /// `proj_out(concat(attn, gelu(proj_mlp(normed))))`.
     fn output(&self, attn: Tensor<3>, normed: Tensor<3>) -> Tensor<3> {
-        let mlp = gelu_tanh(self.proj_mlp.forward(normed));
+        let mlp = gelu_tanh(linear(&self.proj_mlp, normed));
         let weight = self.proj_out.weight.val();
         let [rows, _] = weight.dims();
         let dim = attn.dims()[2];
         let bias = self.proj_out.bias.as_ref().map(|b| b.val());
-        linear(attn, weight.clone().narrow(0, 0, dim), bias)
-            + linear(mlp, weight.narrow(0, dim, rows - dim), None)
+        linear_weights(attn, weight.clone().narrow(0, 0, dim), bias)
+            + linear_weights(mlp, weight.narrow(0, dim, rows - dim), None)
     }
 
     /// Updates the text `[B, T, D]` and image `[B, streams * N, D]` streams. With
@@ -65,17 +65,14 @@ impl SingleStreamBlock {
         capture: Option<&CaptureRows>,
         rows: QueryRows,
     ) -> (Option<Tensor<3>>, Tensor<3>, Option<Tensor<3>>) {
-        let [b, sn, d] = image.dims();
-        let (s, n) = (ctx.streams, ctx.image_len);
-        let per_stream = |x: Tensor<3>| x.reshape([b, s, n, d]);
-
+        let n = ctx.image_len;
+        // [B, streams, D] for the image stream.
         let m = self.norm.chunks(cond.streams.clone(), 3);
         // The text rows use `temb`, which is the image stream's first part.
         let tm: Vec<Tensor<3>> = m.iter().map(|m| m.clone().narrow(1, 0, 1)).collect();
-        let im: Vec<Tensor<4>> = m.into_iter().map(|m| m.unsqueeze_dim(2)).collect();
 
-        let text_normed = modulate(layer_norm(text.clone()), tm[0].clone(), tm[1].clone());
-        let image_normed = modulate_streams(image.clone(), s, im[0].clone(), im[1].clone());
+        let text_normed = modulated(text.clone(), tm[0].clone(), tm[1].clone());
+        let image_normed = modulated(image.clone(), m[0].clone(), m[1].clone());
 
         let (text_attn, image_attn, captured) = self.attn.forward(
             ctx,
@@ -88,17 +85,15 @@ impl SingleStreamBlock {
         match (rows, text_attn) {
             (QueryRows::All, Some(text_attn)) => {
                 let image_out = self.output(image_attn, image_normed);
-                let image =
-                    (per_stream(image) + per_stream(image_out) * im[2].clone()).reshape([b, sn, d]);
+                let image = gated(image, image_out, m[2].clone());
                 let text_out = self.output(text_attn, text_normed);
-                let text = text + text_out * tm[2].clone();
+                let text = gated(text, text_out, tm[2].clone());
                 (Some(text), image, captured)
             }
             _ => {
                 let image_normed = image_normed.narrow(1, 0, n);
                 let image_out = self.output(image_attn, image_normed);
-                let gate = tm[2].clone();
-                let image = image.narrow(1, 0, n) + image_out * gate;
+                let image = gated(image.narrow(1, 0, n), image_out, tm[2].clone());
                 (None, image, captured)
             }
         }

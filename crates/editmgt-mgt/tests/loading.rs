@@ -176,6 +176,17 @@ fn half_precision_weights_agree() {
         let model = MgtTransformer::load_folder(dir.path(), &device, compute)
             .unwrap_or_else(|e| panic!("{dtype:?} weights as {compute}: {e}"));
         assert_eq!(model.float_type(), compute);
+        // bf16 on the CPU: bf16 products where the CPU has them, f32 elsewhere.
+        let products = if compute == FloatType::BF16 && editmgt_testkit::on_cpu() {
+            editmgt_core::bf16_products::isa()
+        } else {
+            None
+        };
+        assert_eq!(
+            model.bf16_products(),
+            products,
+            "{dtype:?} weights as {compute}"
+        );
         let logits = edit_logits(&model, &device);
         assert_close(
             &format!("edit_strength.logits, {dtype:?} weights computed in {compute}"),

@@ -356,6 +356,13 @@ impl Editor {
         &self.options
     }
 
+    /// The CPU instructions the transformer's bf16 products run on: `Some` for an editor loaded
+    /// in [`FloatType::BF16`] on a CPU with AMX-BF16 or AVX512-BF16, `None` otherwise (on such a
+    /// CPU without them, bf16 runs in f32).
+    pub fn bf16_products(&self) -> Option<crate::Bf16Isa> {
+        self.mgt.bf16_products()
+    }
+
     /// How long loading each component took.
     pub fn load_timings(&self) -> &LoadTimings {
         &self.load_timings

@@ -57,6 +57,7 @@ pub use timings::{LoadTimings, Timings, peak_rss};
 pub use burn::tensor::Device;
 pub use editmgt_attention::ScoreMap;
 pub use editmgt_core::FloatType;
+pub use editmgt_core::bf16_products::Isa as Bf16Isa;
 pub use editmgt_mgt::LoraStreams;
 pub use editmgt_sampler::{NoiseSource, ReplayNoise, SeededNoise, Temperature};
 pub use image::{GrayImage, RgbImage};

@@ -100,6 +100,13 @@ fn mean_abs_u8(what: &str, image: &RgbImage, expected: &[u8], shape: &[usize]) -
 }
 
 fn run(name: &str, forced: bool) {
+    run_on(editor(), name, forced, true);
+}
+
+/// Runs `name` on `editor` and compares it with the reference's run: the fraction of final tokens
+/// identical and the decoded image's mean abs difference. With `check`, fails when they are
+/// outside the tolerances (and on the per-step tokens and scores); without, only reports.
+fn run_on(editor: &Editor, name: &str, forced: bool, check: bool) -> (f64, f64) {
     let meta = &case().meta["runs"][name];
     assert!(meta.is_object(), "pipeline fixture has no run `{name}`");
     let negative = case().meta["default_negative_prompt"]
@@ -151,7 +158,7 @@ fn run(name: &str, forced: bool) {
                 .negative_prompt(negative)
                 .steps(steps)
                 .guidance(guidance);
-            let out = editor().generate_with(&request, hooks).unwrap();
+            let out = editor.generate_with(&request, hooks).unwrap();
             (out.image, out.tokens)
         }
         Some(source) => {
@@ -169,7 +176,7 @@ fn run(name: &str, forced: bool) {
                 let threshold = meta["local_guidance"].as_f64().unwrap() as f32;
                 request = request.region_hold(RegionHold::new(threshold).blocks(blocks));
             }
-            let out = editor().edit_with(&source, &request, hooks).unwrap();
+            let out = editor.edit_with(&source, &request, hooks).unwrap();
             (out.image, out.tokens)
         }
     };
@@ -180,6 +187,18 @@ fn run(name: &str, forced: bool) {
     );
 
     assert_eq!(recorded.steps.len(), steps);
+    let expected = case().i64(&format!("{name}.tokens"));
+    if !check {
+        let frac = identical(&format!("{name} {mode} final"), &tokens, &expected.data);
+        let expected_image = case().u8(&format!("{name}.image_u8"));
+        let mean = mean_abs_u8(
+            &format!("{name} {mode}"),
+            &image,
+            &expected_image.data,
+            &expected_image.shape,
+        );
+        return (frac, mean);
+    }
     for (s, ours) in recorded.steps.iter().enumerate() {
         let expected = case().i64(&format!("{name}.tokens.step{s}"));
         let frac = identical(&format!("{name} {mode} step {s}"), ours, &expected.data);
@@ -212,7 +231,6 @@ fn run(name: &str, forced: bool) {
         );
     }
 
-    let expected = case().i64(&format!("{name}.tokens"));
     let frac = identical(&format!("{name} {mode} final"), &tokens, &expected.data);
     let expected_image = case().u8(&format!("{name}.image_u8"));
     let mean = mean_abs_u8(
@@ -229,6 +247,43 @@ fn run(name: &str, forced: bool) {
         mean <= IMAGE_MEAN_ABS,
         "{name} {mode}: mean abs difference {mean:.4} > {IMAGE_MEAN_ABS}"
     );
+    (frac, mean)
+}
+
+/// The accuracy of `--dtype bf16` on the CPU (bf16 products, issue 14): the four end-to-end runs,
+/// free-running with the reference's noise, on an editor loaded in bf16, against the reference's
+/// f32 runs. A report, not a parity test (bf16 rounding may flip near-tied tokens, and a flip
+/// changes what the next steps see): run with `--ignored --nocapture`. It fails when the editor
+/// does not take the bf16 products on a CPU that has them, or when a run does not complete.
+#[test]
+#[ignore = "a report: the bf16 products' accuracy on the four end-to-end runs"]
+fn bf16_products_report() {
+    let options = EditorOptions {
+        float: editmgt_pipeline::FloatType::BF16,
+        ..EditorOptions::default()
+    };
+    let bf16 = Editor::from_folder(model_dir(), &device(), options).expect("loads in bf16");
+    if editmgt_testkit::on_cpu() {
+        assert_eq!(
+            bf16.bf16_products(),
+            editmgt_core::bf16_products::isa(),
+            "bf16 on the CPU takes the bf16 products where the CPU has them"
+        );
+    }
+    println!("bf16 products on: {:?}", bf16.bf16_products());
+    for name in [
+        "edit_plain",
+        "edit_region_hold",
+        "edit_mask",
+        "text_to_image",
+    ] {
+        let (f32_frac, f32_mean) = run_on(editor(), name, false, false);
+        let (frac, mean) = run_on(&bf16, name, false, false);
+        println!(
+            "| {name} | f32: {f32_frac:.4} tokens identical, image {f32_mean:.3} | \
+             bf16 products: {frac:.4} tokens identical, image {mean:.3} |"
+        );
+    }
 }
 
 #[test]

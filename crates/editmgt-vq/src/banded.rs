@@ -279,26 +279,17 @@ fn out_channels(conv: &Conv2d) -> usize {
 
 /// `conv(x)` for a 3x3 same convolution.
 pub(crate) fn conv3x3(conv: &Conv2d, x: &Bands, cut: &Cut) -> Bands {
-    debug_assert!(is_same_3x3(conv));
-    let [b, c, h, w] = x.dims();
+    let [b, c, _, w] = x.dims();
     let rows = cut.piece_rows(b * c * w);
-    produce(
-        [b, out_channels(conv), h, w],
-        x.dtype(),
-        &x.device(),
-        cut,
-        rows,
-        |from, to| {
-            let (start, end) = halo(from, to, h);
-            conv2d_with(conv, x.rows(start, end), band_options(from == 0, to == h))
-        },
-    )
+    same_3x3(conv, x, cut, rows, |input, options| {
+        conv2d_with(conv, input, options)
+    })
 }
 
 /// `conv(silu(norm(x)))` for a 3x3 same convolution and an affine GroupNorm.
 pub(crate) fn norm_silu_conv(norm: &GroupNorm, conv: &Conv2d, x: &Bands, cut: &Cut) -> Bands {
-    let [b, c, h, w] = x.dims();
-    debug_assert!(is_same_3x3(conv) && c % norm.num_groups == 0);
+    let [b, c, _, w] = x.dims();
+    debug_assert!(c % norm.num_groups == 0);
     let rows = cut.piece_rows(b * c * w);
     let (mean, std) = x.group_stats(norm.num_groups, norm.epsilon, rows);
     let per_channel = |p: &Option<Param<Tensor<1>>>, default: f32| match p {
@@ -311,6 +302,23 @@ pub(crate) fn norm_silu_conv(norm: &GroupNorm, conv: &Conv2d, x: &Bands, cut: &C
         shift: per_channel(&norm.beta, 0.0),
         silu: true,
     };
+    same_3x3(conv, x, cut, rows, |input, options| {
+        conv2d_normalized_with(conv, input, options, &input_norm)
+    })
+}
+
+/// A 3x3 same convolution of `x`, `rows` output rows per piece: `convolve(input, options)` gets
+/// a piece's input rows with their one-row halo and the padding that says which image borders
+/// the piece touches.
+fn same_3x3(
+    conv: &Conv2d,
+    x: &Bands,
+    cut: &Cut,
+    rows: usize,
+    convolve: impl Fn(Tensor<4>, ConvOptions<2>) -> Tensor<4>,
+) -> Bands {
+    debug_assert!(is_same_3x3(conv));
+    let [b, _, h, w] = x.dims();
     produce(
         [b, out_channels(conv), h, w],
         x.dtype(),
@@ -319,12 +327,7 @@ pub(crate) fn norm_silu_conv(norm: &GroupNorm, conv: &Conv2d, x: &Bands, cut: &C
         rows,
         |from, to| {
             let (start, end) = halo(from, to, h);
-            conv2d_normalized_with(
-                conv,
-                x.rows(start, end),
-                band_options(from == 0, to == h),
-                &input_norm,
-            )
+            convolve(x.rows(start, end), band_options(from == 0, to == h))
         },
     )
 }

@@ -1,23 +1,21 @@
 //! The released layout (real tensor names and shapes) and typed errors on bad inputs.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::{Tensor, TensorData};
 use editmgt_core::shapes::parameter_count;
 use editmgt_core::{FloatType, LoadError};
+use editmgt_testkit::model_dir;
 use editmgt_testkit::weights::{Tensors, read_f32_safetensors, write_safetensors};
-use editmgt_testkit::{RealShapes, model_dir};
-use editmgt_vq::{VqConfig, VqError, VqModel, imaging};
+use editmgt_vq::{VqError, VqModel, imaging};
 use safetensors::Dtype;
 
 #[test]
 fn real_configuration_has_the_released_names_and_shapes() {
-    let real = RealShapes::load("vqvae");
-    let config: VqConfig = serde_json::from_value(real.config.clone()).unwrap();
-    config
-        .validate(Path::new("real-shapes/vqvae.json"))
-        .unwrap();
+    let (real, config) = common::real_config();
     let device = editmgt_testkit::device();
     let model = VqModel::new(&config, &device);
     let table = model.parameter_table();

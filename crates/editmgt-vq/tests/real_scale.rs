@@ -6,21 +6,16 @@
 //! first level (512 MiB) cannot be allocated, so this passes only when every activation is held
 //! in bands.
 
-use std::path::Path;
+mod common;
 
 use burn::tensor::{Distribution, Tensor};
 use editmgt_core::limits::max_buffer_bytes;
-use editmgt_testkit::RealShapes;
-use editmgt_vq::{VqConfig, VqModel};
+use editmgt_vq::VqModel;
 
 #[test]
 #[ignore = "slow: the released VQ's widths at 1024x1024; run with --ignored"]
 fn released_widths_stay_within_the_device_bound() {
-    let real = RealShapes::load("vqvae");
-    let config: VqConfig = serde_json::from_value(real.config.clone()).unwrap();
-    config
-        .validate(Path::new("real-shapes/vqvae.json"))
-        .unwrap();
+    let (_, config) = common::real_config();
     let device = editmgt_testkit::device();
     device.seed(11);
     // Random weights at the released shapes (the real ones cannot be downloaded here).

@@ -1,0 +1,67 @@
+//! The bridge from Burn tensors on the `flex` backend to [`super::kernel`].
+
+use burn::backend::Flex;
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_flex::FlexTensor;
+
+use super::kernel::{self, Weight};
+
+/// The kernel's `x w + b` when `x` is a plain `f32` flex tensor and `weight` a plain bf16 flex
+/// tensor, and [`super::isa`] is not `None`; `None` otherwise, and the caller runs Burn's op.
+pub(super) fn linear<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    let isa = super::isa()?;
+    let dims = x.dims();
+    let [k, n] = weight.dims();
+    if dims[D - 1] != k {
+        return None;
+    }
+    let m = dims[..D - 1].iter().product::<usize>();
+    let x = x.clone().try_into_primitive::<Flex>().ok()?;
+    let w = weight.clone().try_into_primitive::<Flex>().ok()?;
+    if x.dtype() != DType::F32 || w.dtype() != DType::BF16 {
+        return None;
+    }
+    let x = if x.is_contiguous() {
+        x
+    } else {
+        x.to_contiguous()
+    };
+    let start = x.layout().start_offset();
+    let x_values = &x.storage::<f32>()[start..start + m * k];
+    let strides: Option<Vec<usize>> = w
+        .layout()
+        .strides()
+        .iter()
+        .map(|&s| usize::try_from(s).ok())
+        .collect();
+    let w = match strides {
+        Some(_) => w,
+        None => w.to_contiguous(),
+    };
+    let strides = [
+        usize::try_from(w.layout().strides()[0]).ok()?,
+        usize::try_from(w.layout().strides()[1]).ok()?,
+    ];
+    let weight = Weight {
+        data: w.storage::<half::bf16>(),
+        offset: w.layout().start_offset(),
+        shape: [k, n],
+        strides,
+    };
+    let bias: Option<Vec<f32>> = bias.map(|b| {
+        b.clone()
+            .cast(DType::F32)
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap_or_default()
+    });
+    let out = kernel::linear(isa, x_values, m, weight, bias.as_deref()).ok()?;
+    let mut shape = dims;
+    shape[D - 1] = n;
+    let out = FlexTensor::from_data(TensorData::new(out, shape));
+    Some(Tensor::<D>::from_primitive::<Flex>(out))
+}
