@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-use editmgt_core::fused_attention::attention;
+use editmgt_core::fused_attention::{attention, attention_bf16};
 
 use crate::capture::{CaptureRows, text_to_image};
 use crate::lora::{AttentionLora, LoraAdapter, LoraStreams, Rows, adapter_of, project};
@@ -36,6 +36,8 @@ pub(crate) struct JointContext {
     /// The largest attention-score buffer, in bytes, that one attention call may need; longer
     /// query sequences are attended in row blocks ([`editmgt_core::limits`]).
     pub max_buffer_bytes: u64,
+    /// Whether the attention's products run in bf16 (a model with bf16 products on the CPU).
+    pub bf16_products: bool,
 }
 
 impl JointContext {
@@ -63,6 +65,7 @@ impl JointContext {
             sin,
             bias,
             max_buffer_bytes: editmgt_core::limits::max_buffer_bytes(device),
+            bf16_products: false,
         }
     }
 
@@ -196,10 +199,7 @@ fn attend(
                 .map(|b| b.narrow(2, ctx.text_len, ctx.image_len)),
         ),
     };
-    (
-        attention_in_blocks(q, k, v, bias, ctx.max_buffer_bytes),
-        captured,
-    )
+    (attention_in_blocks(q, k, v, bias, ctx), captured)
 }
 
 /// The fused attention ([`editmgt_core::fused_attention`]: a fused kernel on the CPU, Burn's op
@@ -212,12 +212,17 @@ fn attention_in_blocks(
     k: Tensor<4>,
     v: Tensor<4>,
     bias: Option<Tensor<4>>,
-    max_buffer_bytes: u64,
+    ctx: &JointContext,
 ) -> Tensor<4> {
     let [b, h, rows, _] = q.dims();
     let keys = k.dims()[2];
     let block =
-        editmgt_core::limits::rows_within(max_buffer_bytes, (b * h * keys * 4) as u64, rows);
+        editmgt_core::limits::rows_within(ctx.max_buffer_bytes, (b * h * keys * 4) as u64, rows);
+    let attention = if ctx.bf16_products {
+        attention_bf16
+    } else {
+        attention
+    };
     if block >= rows {
         return attention(q, k, v, bias, None);
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{DType, Device, Int, Tensor};
-use editmgt_core::bf16_products::{Isa, hold_weights_in_bf16, isa, linear};
+use editmgt_core::bf16_products::{Isa, hold_weights_in_bf16_of, isa, linear};
 use editmgt_core::config::component_folder;
 use editmgt_core::limits::is_cpu;
 use editmgt_core::{FloatType, KeyMap, WeightFiles, load_module};
@@ -286,7 +286,10 @@ impl MgtTransformer {
         if !is_cpu(&device) || self.compute != FloatType::F32 || self.products.is_some() {
             return self;
         }
-        let (mut model, cast) = hold_weights_in_bf16(self);
+        let (mut model, cast) = hold_weights_in_bf16_of(
+            self,
+            &["Linear", "PointwiseConv", "PatchConv", "PatchConvTranspose"],
+        );
         if cast {
             model.products = isa();
             model.float = FloatType::BF16;
@@ -369,7 +372,8 @@ impl MgtTransformer {
     /// `[B, codebook_size, H, W]`. Any subset of batch rows (or of grid rows) can be passed, so
     /// a caller bounded in buffer size computes the logits a few rows at a time.
     pub fn logits(&self, features: Tensor<4>) -> Tensor<4> {
-        self.mlm_layer.forward(features)
+        self.mlm_layer
+            .forward_with(features, self.products.is_some())
     }
 
     /// [`MgtTransformer::forward`] up to, not including, the masked-token head: the features
@@ -461,6 +465,7 @@ impl MgtTransformer {
             &device,
         );
         ctx.lora = self.lora_streams;
+        ctx.bf16_products = self.products.is_some();
         let clip = |x: Tensor<3>| {
             if dtype == DType::F16 {
                 x.clamp(-F16_MAX, F16_MAX)

@@ -6,8 +6,8 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer};
-use burn::tensor::module::linear;
 use burn::tensor::{Device, Int, Tensor};
+use editmgt_core::bf16_products::linear_weights;
 
 use crate::norm::RmsNorm;
 
@@ -43,7 +43,7 @@ impl PointwiseConv {
 
     /// Applies the convolution to channels-last `[.., in]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.matrix().transpose(), None)
+        linear_weights(x, self.matrix().transpose(), None)
     }
 }
 
@@ -126,7 +126,7 @@ impl Downsample {
         let weight = self.conv.weight.val();
         let [out, c_in, kh, kw] = weight.dims();
         let weight = weight.reshape([out, c_in * kh * kw]);
-        patches.matmul(weight.transpose()).reshape([b, h2, w2, out])
+        linear_weights(patches, weight.transpose(), None).reshape([b, h2, w2, out])
     }
 }
 
@@ -157,7 +157,7 @@ impl Upsample {
         let weight = self.conv.weight.val();
         let [c_in, out, kh, kw] = weight.dims();
         let weight = weight.reshape([c_in, out * kh * kw]);
-        x.matmul(weight)
+        linear_weights(x, weight, None)
             .reshape([b, h, w, out, 2, 2])
             .permute([0, 1, 4, 2, 5, 3])
             .reshape([b, 2 * h, 2 * w, out])

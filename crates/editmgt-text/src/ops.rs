@@ -9,12 +9,19 @@
 
 use burn::nn::{LayerNorm, Linear};
 use burn::tensor::{DType, Tensor};
+use editmgt_core::bf16_products::kernel_product;
 
-/// `layer(x)` with `x` and the result in f32 and the product in the weight's float type.
+/// `layer(x)` with `x` and the result in f32 and the product in the weight's float type: bf16
+/// weights on the CPU go through the bf16 kernel where the CPU has AMX-BF16 or AVX512-BF16
+/// ([`editmgt_core::bf16_products`]: `x` rounded to bf16, sums in f32).
 pub(crate) fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     let weight = layer.weight.val();
     let dtype = weight.dtype();
     let bias = layer.bias.as_ref().map(|b| b.val());
+    let x = x.cast(DType::F32);
+    if let Some(out) = kernel_product(&x, &weight, bias.as_ref()) {
+        return out;
+    }
     burn::tensor::module::linear(x.cast(dtype), weight, bias).cast(DType::F32)
 }
 

@@ -6,8 +6,9 @@ use burn_flex::FlexTensor;
 
 use super::kernel::{self, Weight};
 
-/// The kernel's `x w + b` when `x` is a plain `f32` flex tensor and `weight` a plain bf16 flex
-/// tensor, and [`super::isa`] is not `None`; `None` otherwise, and the caller runs Burn's op.
+/// The kernel's `x w + b` when `x` is a plain `f32` flex tensor and `weight` a plain bf16 or
+/// `f32` flex tensor (rounded to bf16 as it is packed), and [`super::isa`] is not `None`; `None`
+/// otherwise, and the caller runs Burn's op.
 pub(super) fn linear<const D: usize>(
     x: &Tensor<D>,
     weight: &Tensor<2>,
@@ -22,7 +23,7 @@ pub(super) fn linear<const D: usize>(
     let m = dims[..D - 1].iter().product::<usize>();
     let x = x.clone().try_into_primitive::<Flex>().ok()?;
     let w = weight.clone().try_into_primitive::<Flex>().ok()?;
-    if x.dtype() != DType::F32 || w.dtype() != DType::BF16 {
+    if x.dtype() != DType::F32 || !matches!(w.dtype(), DType::BF16 | DType::F32) {
         return None;
     }
     let x = if x.is_contiguous() {
@@ -46,12 +47,7 @@ pub(super) fn linear<const D: usize>(
         usize::try_from(w.layout().strides()[0]).ok()?,
         usize::try_from(w.layout().strides()[1]).ok()?,
     ];
-    let weight = Weight {
-        data: w.storage::<half::bf16>(),
-        offset: w.layout().start_offset(),
-        shape: [k, n],
-        strides,
-    };
+    let (offset, shape) = (w.layout().start_offset(), [k, n]);
     let bias: Option<Vec<f32>> = bias.map(|b| {
         b.clone()
             .cast(DType::F32)
@@ -59,7 +55,25 @@ pub(super) fn linear<const D: usize>(
             .try_into_vec::<f32>()
             .unwrap_or_default()
     });
-    let out = kernel::linear(isa, x_values, m, weight, bias.as_deref()).ok()?;
+    let out = if w.dtype() == DType::BF16 {
+        let data = w.storage::<half::bf16>();
+        let weight = Weight {
+            data,
+            offset,
+            shape,
+            strides,
+        };
+        kernel::linear(isa, x_values, m, weight, bias.as_deref()).ok()?
+    } else {
+        let data = w.storage::<f32>();
+        let weight = Weight {
+            data,
+            offset,
+            shape,
+            strides,
+        };
+        kernel::linear(isa, x_values, m, weight, bias.as_deref()).ok()?
+    };
     let mut shape = dims;
     shape[D - 1] = n;
     let out = FlexTensor::from_data(TensorData::new(out, shape));

@@ -234,7 +234,12 @@ pub fn linear<T: Bf16Bits>(
     let group = (GROUP_BYTES / panel_bytes).clamp(1, n_panels);
     let groups = n_panels.div_ceil(group);
     let sink = Sink(out.as_mut_ptr());
-    let shape = Shape { m, n, k_pad };
+    let shape = Shape {
+        m,
+        n,
+        k_pad,
+        stride: n,
+    };
     (0..groups * m_panels).into_par_iter().for_each(|task| {
         let (g, mi) = (task / m_panels, task % m_panels);
         let panels = g * group..((g + 1) * group).min(n_panels);
@@ -256,6 +261,109 @@ struct Shape {
     m: usize,
     n: usize,
     k_pad: usize,
+    /// Values between the starts of two output rows.
+    stride: usize,
+}
+
+/// Operands packed for [`product_into`]: `x` `[m, k]` as bf16 rows, or `w` `[k, n]` as blocks
+/// of column pairs, with `k` padded.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    values: Vec<u16>,
+    /// Rows of `x` or columns of `w`.
+    len: usize,
+    k_pad: usize,
+}
+
+impl Packed {
+    /// Rows `x[i] = row(i)`, `i < m`, of `k` values each (`row` fills a slice of `k`), rounded
+    /// to bf16. Runs on the calling thread.
+    pub fn rows(m: usize, k: usize, mut row: impl FnMut(usize, &mut [f32])) -> Packed {
+        let k_pad = k.div_ceil(K_CHUNK).max(1) * K_CHUNK;
+        let m_pad = m.div_ceil(PANEL) * PANEL;
+        let mut values = vec![0u16; m_pad * k_pad];
+        let mut buffer = vec![0.0f32; k];
+        for (i, dst) in values.chunks_mut(k_pad).take(m).enumerate() {
+            row(i, &mut buffer);
+            convert_row(&buffer, &mut dst[..k]);
+        }
+        Packed {
+            values,
+            len: m,
+            k_pad,
+        }
+    }
+
+    /// The columns of `w` (see [`linear`] for the layout). Spread over the rayon pool.
+    pub fn columns<T: Bf16Bits>(w: &Weight<'_, T>) -> Result<Packed, ShapeError> {
+        if !w.fits() {
+            return Err(ShapeError(format!(
+                "a weight of shape {:?}, offset {} and strides {:?} reads past its {} values",
+                w.shape,
+                w.offset,
+                w.strides,
+                w.data.len()
+            )));
+        }
+        let k_pad = w.shape[0].div_ceil(K_CHUNK).max(1) * K_CHUNK;
+        Ok(Packed {
+            values: pack_columns(w, k_pad),
+            len: w.shape[1],
+            k_pad,
+        })
+    }
+}
+
+/// `out[i * stride + j] = (x w)[i][j]` for packed `x` (`[m, k]`, [`Packed::rows`]) and `w`
+/// (`[k, n]`, [`Packed::columns`]), on the calling thread (for callers that are rayon tasks
+/// themselves, such as the attention's).
+pub fn product_into(
+    isa: Isa,
+    x: &Packed,
+    w: &Packed,
+    out: &mut [f32],
+    stride: usize,
+) -> Result<(), ShapeError> {
+    let (m, n) = (x.len, w.len);
+    if x.k_pad != w.k_pad {
+        return Err(ShapeError(format!(
+            "x holds {} values per row and w {}",
+            x.k_pad, w.k_pad
+        )));
+    }
+    if m > 0 && n > 0 && (stride < n || out.len() < (m - 1) * stride + n) {
+        return Err(ShapeError(format!(
+            "an output of {} values with row stride {stride} cannot hold {m} x {n}",
+            out.len()
+        )));
+    }
+    if !Isa::supported().contains(&isa) {
+        return Err(ShapeError(format!("this CPU cannot run {isa}")));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let shape = Shape {
+        m,
+        n,
+        k_pad: x.k_pad,
+        stride,
+    };
+    let sink = Sink(out.as_mut_ptr());
+    let panels = 0..n.div_ceil(PANEL);
+    for mi in 0..m.div_ceil(PANEL) {
+        // SAFETY: the ISA was checked; the output holds every row and column written (checked
+        // above), and this thread is the only writer of `out`.
+        unsafe {
+            match isa {
+                Isa::Amx => amx_task(&x.values, &w.values, shape, mi, panels.clone(), None, &sink),
+                Isa::Avx512Bf16 => {
+                    avx512_task(&x.values, &w.values, shape, mi, panels.clone(), None, &sink)
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The output, written by tasks at disjoint places.
@@ -327,7 +435,7 @@ fn pack_columns<T: Bf16Bits>(w: &Weight<'_, T>, k_pad: usize) -> Vec<u16> {
 /// Adds the bias to a `32 x 32` panel of sums and writes its valid part.
 ///
 /// # Safety
-/// `sink` must hold `m x n` values and no other thread may write rows `row0..row0 + 32` of
+/// `sink` must hold `m` rows of `stride` values (the last one `n`) and no other thread may write rows `row0..row0 + 32` of
 /// columns `col0..col0 + 32`.
 unsafe fn write_panel(
     sums: &[f32; PANEL * PANEL],
@@ -342,7 +450,7 @@ unsafe fn write_panel(
     for r in 0..rows {
         // SAFETY: in bounds (`rows`, `cols` clipped to `m`, `n`); exclusive by the contract.
         let out = unsafe {
-            std::slice::from_raw_parts_mut(sink.0.add((row0 + r) * shape.n + col0), cols)
+            std::slice::from_raw_parts_mut(sink.0.add((row0 + r) * shape.stride + col0), cols)
         };
         let sums = &sums[r * PANEL..r * PANEL + cols];
         match bias {

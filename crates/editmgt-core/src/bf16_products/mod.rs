@@ -83,11 +83,7 @@ pub fn linear_weights<const D: usize>(
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
-    #[cfg(feature = "flex")]
-    if weight.dtype() == DType::BF16
-        && x.dtype() == DType::F32
-        && let Some(out) = flex::linear(&x, &weight, bias.as_ref())
-    {
+    if let Some(out) = kernel_product(&x, &weight, bias.as_ref()) {
         return out;
     }
     let dtype = x.dtype();
@@ -99,6 +95,37 @@ pub fn linear_weights<const D: usize>(
     burn::tensor::module::linear(x, weight, bias)
 }
 
+/// The bf16 kernel's `x weight + bias` when it takes these tensors: a bf16 `weight` and an `f32`
+/// `x` on the `flex` backend, with [`isa`] not `None`; `None` otherwise (for callers that have
+/// their own fallback, such as the text encoders' products in the weights' type).
+pub fn kernel_product<const D: usize>(
+    x: &Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    #[cfg(feature = "flex")]
+    if weight.dtype() == DType::BF16 && x.dtype() == DType::F32 {
+        return flex::linear(x, weight, bias);
+    }
+    let _ = (x, weight, bias);
+    None
+}
+
+/// `a b` for `a` `[m, k]` and `b` `[k, n]` (any strides) with both rounded to bf16 and the
+/// sums in `f32`, on the bf16 kernel for `f32` `flex` tensors where [`isa`] is not `None`;
+/// Burn's `matmul` everywhere else. For products whose operands are not a layer's weight (the
+/// MGT head's logits, `--dtype bf16` on the CPU).
+pub fn matmul_bf16(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    #[cfg(feature = "flex")]
+    if a.dtype() == DType::F32
+        && b.dtype() == DType::F32
+        && let Some(out) = flex::linear(&a, &b, None)
+    {
+        return out;
+    }
+    a.matmul(b)
+}
+
 /// `module` with the weight of every [`Linear`] layer in it cast to bf16 when [`isa`] says the
 /// CPU can multiply in bf16, and unchanged otherwise (biases and every other parameter stay as
 /// they are). Returns the module and whether it cast.
@@ -106,17 +133,29 @@ pub fn linear_weights<const D: usize>(
 /// Meant for modules on the `flex` backend whose forward calls [`linear`]; on other backends
 /// load the model in [`crate::FloatType::BF16`] instead.
 pub fn hold_weights_in_bf16<M: Module>(module: M) -> (M, bool) {
+    hold_weights_in_bf16_of(module, &["Linear"])
+}
+
+/// [`hold_weights_in_bf16`] for the `weight` parameter of every module whose type is named in
+/// `types` (e.g. `["Linear", "PointwiseConv"]`): for models whose own product layers call
+/// [`linear_weights`] with their weight.
+pub fn hold_weights_in_bf16_of<M: Module>(module: M, types: &[&str]) -> (M, bool) {
     if isa().is_none() {
         return (module, false);
     }
-    let mut mapper = LinearWeights { path: Vec::new() };
+    let mut mapper = LinearWeights {
+        path: Vec::new(),
+        containers: types.iter().map(|t| format!("Struct:{t}")).collect(),
+    };
     (module.map(&mut mapper), true)
 }
 
-/// Casts the `weight` parameter of every `Linear` to bf16.
+/// Casts the `weight` parameter of every module of the chosen types to bf16.
 struct LinearWeights {
     /// `(field, container type)` of every module entered and not yet left.
     path: Vec<(String, String)>,
+    /// `Struct:<type>` of the chosen types.
+    containers: Vec<String>,
 }
 
 impl ModuleMapper for LinearWeights {
@@ -131,7 +170,7 @@ impl ModuleMapper for LinearWeights {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         match self.path.last() {
-            Some((name, container)) if name == "weight" && container == "Struct:Linear" => {
+            Some((name, container)) if name == "weight" && self.containers.contains(container) => {
                 param.map(|t| t.cast(DType::BF16))
             }
             _ => param,

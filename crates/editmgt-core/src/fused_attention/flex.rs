@@ -14,6 +14,7 @@ pub(super) fn attention(
     value: &Tensor<4>,
     bias: Option<&Tensor<4>>,
     scale: f32,
+    bf16: Option<crate::bf16_products::Isa>,
 ) -> Option<Tensor<4>> {
     let dtype = query.dtype();
     if !is_flex_float(query) {
@@ -33,16 +34,14 @@ pub(super) fn attention(
     };
     let [batch, heads, rows, _] = q.1;
     let value_dim = v.1[3];
-    let out = kernel::attention(
-        view(&q)?,
-        view(&k)?,
-        view(&v)?,
-        match &bias {
-            Some(b) => Some(view(b)?),
-            None => None,
-        },
-        scale,
-    )
+    let bias = match &bias {
+        Some(b) => Some(view(b)?),
+        None => None,
+    };
+    let out = match bf16 {
+        None => kernel::attention(view(&q)?, view(&k)?, view(&v)?, bias, scale),
+        Some(isa) => kernel::attention_bf16(isa, view(&q)?, view(&k)?, view(&v)?, bias, scale),
+    }
     .ok()?;
     // The kernel writes `[B, Sq, H, dv]`; the swap is a view, and merging heads afterwards is a
     // reshape without a copy.

@@ -15,6 +15,8 @@
 use rayon::prelude::*;
 
 use super::softmax::exp_row;
+use crate::bf16_products::Isa;
+use crate::bf16_products::kernel::{Packed, Weight, product_into};
 
 /// Bytes of scores one task keeps per head. Larger blocks pack the keys and values (the products'
 /// right-hand sides) fewer times; measured at 2304 keys on a 2-core AMD EPYC (512 KiB L2 per
@@ -140,6 +142,36 @@ pub fn attention(
     bias: Option<StridedView<'_>>,
     scale: f32,
 ) -> Result<Vec<f32>, ShapeError> {
+    attention_in(query, key, value, bias, scale, None)
+}
+
+/// [`attention`] with both products in bf16 on `isa` ([`crate::bf16_products::kernel`]): the
+/// scaled queries, keys, softmax numerators and values rounded to bf16, every sum and the softmax
+/// in `f32`.
+pub fn attention_bf16(
+    isa: Isa,
+    query: StridedView<'_>,
+    key: StridedView<'_>,
+    value: StridedView<'_>,
+    bias: Option<StridedView<'_>>,
+    scale: f32,
+) -> Result<Vec<f32>, ShapeError> {
+    if !Isa::supported().contains(&isa) {
+        return Err(ShapeError::Mismatch {
+            what: "the CPU's instructions (no bf16 products here)",
+        });
+    }
+    attention_in(query, key, value, bias, scale, Some(isa))
+}
+
+fn attention_in(
+    query: StridedView<'_>,
+    key: StridedView<'_>,
+    value: StridedView<'_>,
+    bias: Option<StridedView<'_>>,
+    scale: f32,
+    bf16: Option<Isa>,
+) -> Result<Vec<f32>, ShapeError> {
     let [batch, heads, rows, dim] = query.shape;
     let [_, kv_heads, keys, _] = key.shape;
     let value_dim = value.shape[3];
@@ -178,6 +210,34 @@ pub fn attention(
             tasks.push((b, i * block, chunk));
         }
     }
+    // bf16: keys (as `[d, keys]`) and values packed once per batch row and key head.
+    let packed = match bf16 {
+        None => Vec::new(),
+        Some(_) => {
+            let mut packed = Vec::with_capacity(batch * kv_heads);
+            for b in 0..batch {
+                for kh in 0..kv_heads {
+                    let keys_t = Weight {
+                        data: key.data,
+                        offset: key.index(b, kh, 0),
+                        shape: [dim, keys],
+                        strides: [key.strides[3], key.strides[2]],
+                    };
+                    let values = Weight {
+                        data: value.data,
+                        offset: value.index(b, kh, 0),
+                        shape: [keys, value_dim],
+                        strides: [value.strides[2], value.strides[3]],
+                    };
+                    let pack = |w: &Weight<'_, f32>| {
+                        Packed::columns(w).map_err(|_| ShapeError::OutOfBounds { name: "key" })
+                    };
+                    packed.push((pack(&keys_t)?, pack(&values)?));
+                }
+            }
+            packed
+        }
+    };
     let views = Views {
         query,
         key,
@@ -185,6 +245,7 @@ pub fn attention(
         bias,
         scale,
         group,
+        bf16: bf16.map(|isa| (isa, packed)),
     };
     tasks.into_par_iter().for_each_init(
         || (vec![0.0f32; block * keys], vec![0.0f32; block]),
@@ -203,6 +264,9 @@ struct Views<'a> {
     bias: Option<StridedView<'a>>,
     scale: f32,
     group: usize,
+    /// The instructions and the packed keys and values (per batch row, then key head) of a bf16
+    /// call.
+    bf16: Option<(Isa, Vec<(Packed, Packed)>)>,
 }
 
 impl Views<'_> {
@@ -221,6 +285,38 @@ impl Views<'_> {
         let row_len = heads * value_dim;
         let n = out.len() / row_len;
         let scores = &mut scores[..n * keys];
+        if let Some((isa, packed)) = &self.bf16 {
+            let kv_heads = self.key.shape[1];
+            for h in 0..heads {
+                let kh = h / self.group;
+                let (keys_t, values) = &packed[b * kv_heads + kh];
+                let q = Packed::rows(n, dim, |i, row| {
+                    let start = self.query.index(b, h, first + i);
+                    for (j, x) in row.iter_mut().enumerate() {
+                        *x = self.query.data[start + j * self.query.strides[3]] * self.scale;
+                    }
+                });
+                product_into(*isa, &q, keys_t, scores, keys).expect("packed for these sizes");
+                for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
+                    let bias = self.bias.as_ref().map(|bias| {
+                        let start = bias.index(b, h, first + i);
+                        &bias.data[start..start + keys]
+                    });
+                    inverse[i] = 1.0 / exp_row(row, bias);
+                }
+                let p = Packed::rows(n, keys, |i, row| {
+                    row.copy_from_slice(&scores[i * keys..(i + 1) * keys]);
+                });
+                product_into(*isa, &p, values, &mut out[h * value_dim..], row_len)
+                    .expect("packed for these sizes");
+                for (row, &inv) in out.chunks_exact_mut(row_len).zip(inverse.iter()) {
+                    for x in &mut row[h * value_dim..(h + 1) * value_dim] {
+                        *x *= inv;
+                    }
+                }
+            }
+            return;
+        }
         for h in 0..heads {
             let kh = h / self.group;
             if dim == 0 {
@@ -380,6 +476,51 @@ mod tests {
                 );
                 let worst = worst_error(&got, &want);
                 assert!(worst < 2e-6, "{batch}x{heads}x{rows}x{keys}: {worst:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_products_are_within_bf16_rounding_of_the_definition() {
+        for &isa in Isa::supported() {
+            for (batch, heads, kv_heads, rows, keys, dim, value_dim) in [
+                (1, 1, 1, 1, 1, 1, 1),
+                (2, 4, 2, 70, 301, 40, 12),
+                (1, 2, 2, 300, 90, 128, 128),
+            ] {
+                let q = values(batch * heads * rows * dim, 1);
+                let k = values(batch * kv_heads * keys * dim, 2);
+                let v = values(batch * kv_heads * keys * value_dim, 3);
+                let bias = values(rows * keys, 4);
+                let scale = 1.0 / (dim as f32).sqrt() * 3.0;
+                let got = attention_bf16(
+                    isa,
+                    StridedView::contiguous(&q, [batch, heads, rows, dim]).unwrap(),
+                    StridedView::contiguous(&k, [batch, kv_heads, keys, dim]).unwrap(),
+                    StridedView::contiguous(&v, [batch, kv_heads, keys, value_dim]).unwrap(),
+                    Some(StridedView::contiguous(&bias, [1, 1, rows, keys]).unwrap()),
+                    scale,
+                )
+                .unwrap();
+                let want = naive(
+                    &q,
+                    &k,
+                    &v,
+                    Some(&bias[..]),
+                    [batch, heads, rows, keys, dim, value_dim],
+                    kv_heads,
+                    scale,
+                );
+                let worst = worst_error(&got, &want);
+                // Values in [-1, 1): outputs are averages of them; bf16 keeps 8 bits.
+                assert!(
+                    worst < 2e-2,
+                    "{isa} {batch}x{heads}x{rows}x{keys}: {worst:e}"
+                );
+                assert!(
+                    worst > 0.0 || keys == 1,
+                    "{isa}: the bf16 products were not taken"
+                );
             }
         }
     }

@@ -53,7 +53,7 @@ pub fn attention(
     let scale = scale.unwrap_or_else(|| 1.0 / (query.dims()[3].max(1) as f64).sqrt());
     #[cfg(feature = "flex")]
     if enabled()
-        && let Some(out) = flex::attention(&query, &key, &value, bias.as_ref(), scale as f32)
+        && let Some(out) = flex::attention(&query, &key, &value, bias.as_ref(), scale as f32, None)
     {
         return out;
     }
@@ -73,6 +73,31 @@ pub fn attention(
         is_causal: false,
     };
     burn::tensor::module::attention(query, key, value, None, bias, options)
+}
+
+/// [`attention`] with both products in bf16 (scaled queries, keys, softmax numerators and values
+/// rounded to bf16; sums and the softmax in `f32`) where [`crate::bf16_products::isa`] says the
+/// CPU can (`flex` tensors only); [`attention`] everywhere else. What `--dtype bf16` runs on the
+/// CPU.
+pub fn attention_bf16(
+    query: Tensor<4>,
+    key: Tensor<4>,
+    value: Tensor<4>,
+    bias: Option<Tensor<4>>,
+    scale: Option<f64>,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if enabled()
+        && let Some(isa) = crate::bf16_products::isa()
+    {
+        let scale = scale.unwrap_or_else(|| 1.0 / (query.dims()[3].max(1) as f64).sqrt());
+        if let Some(out) =
+            flex::attention(&query, &key, &value, bias.as_ref(), scale as f32, Some(isa))
+        {
+            return out;
+        }
+    }
+    attention(query, key, value, bias, scale)
 }
 
 /// Name of the environment variable that turns the fused kernel off when set to `0`.
