@@ -16,7 +16,9 @@ pub enum FloatType {
     F32,
     /// 16-bit IEEE half precision.
     F16,
-    /// bfloat16.
+    /// bfloat16. On the CPU the MGT keeps activations in `f32` and computes its products in
+    /// bf16 with `f32` sums where the CPU has AMX-BF16 or AVX512-BF16 (see
+    /// [`crate::bf16_products`]), and runs in `f32` where it has neither.
     BF16,
 }
 

@@ -63,24 +63,24 @@ pub(super) fn layer_norm_modulate(
 }
 
 /// The kernel's `x + y * gate`, in `x`'s buffer when `x` owns it; `x` back when the kernel does
-/// not take these tensors.
+/// not take these tensors (boxed: a tensor is large).
 pub(super) fn gated_residual(
     x: Tensor<3>,
     y: &Tensor<3>,
     gate: &Tensor<3>,
-) -> Result<Tensor<3>, Tensor<3>> {
+) -> Result<Tensor<3>, Box<Tensor<3>>> {
     let dims = x.dims();
     let Some(rows) = group_rows(dims, gate.dims()) else {
-        return Err(x);
+        return Err(Box::new(x));
     };
     if y.dims() != dims || x.dtype() != DType::F32 {
-        return Err(x);
+        return Err(Box::new(x));
     }
     let (Some(ys), Some(gs)) = (plain(y), plain(gate)) else {
-        return Err(x);
+        return Err(Box::new(x));
     };
     let Ok(t) = x.clone().try_into_primitive::<Flex>() else {
-        return Err(x);
+        return Err(Box::new(x));
     };
     drop(x);
     let n = dims.iter().product::<usize>();

@@ -44,6 +44,7 @@ fn sum_squares(x: &[f32], mean: f32) -> f32 {
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn layer_norm_modulate_rows(
     x: &[f32],
     out: &mut [f32],
@@ -98,14 +99,17 @@ fn gated_residual_rows(
 /// vector unit the running CPU has.
 macro_rules! widest {
     ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
         fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
                 fn avx512($($arg: $ty),*) {
                     $body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
                 fn avx2($($arg: $ty),*) {
                     $body($($arg),*)
                 }
@@ -207,7 +211,7 @@ pub fn layer_norm_modulate(
 
 /// `out = x * rsqrt(mean(x^2) + eps) * gamma` per row of `d`.
 pub fn rms_norm(x: &[f32], d: usize, gamma: &[f32], eps: f32) -> Vec<f32> {
-    assert!(d > 0 && x.len() % d == 0, "rows of {d} values");
+    assert!(d > 0 && x.len().is_multiple_of(d), "rows of {d} values");
     assert_eq!(gamma.len(), d, "one weight per value of a row");
     let mut out = vec![0.0f32; x.len()];
     let rows = task_rows(d);

@@ -69,7 +69,7 @@ pub fn gated_residual(x: Tensor<3>, y: Tensor<3>, gate: Tensor<3>) -> Tensor<3> 
     let (x, y) = if enabled() {
         match flex::gated_residual(x, &y, &gate) {
             Ok(out) => return out,
-            Err(x) => (x, y),
+            Err(x) => (*x, y),
         }
     } else {
         (x, y)

@@ -599,11 +599,11 @@ unsafe fn avx512_task(
                 // SAFETY: 32 values from `pair * 32` lie in the block (`k_pad / 2` pairs of 32).
                 let (w0, w1): (__m512bh, __m512bh) = unsafe {
                     (
-                        std::mem::transmute(_mm512_loadu_si512(
-                            b0.as_ptr().add(pair * 32) as *const _
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            b0.as_ptr().add(pair * 32) as *const _,
                         )),
-                        std::mem::transmute(_mm512_loadu_si512(
-                            b1.as_ptr().add(pair * 32) as *const _
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            b1.as_ptr().add(pair * 32) as *const _,
                         )),
                     )
                 };
