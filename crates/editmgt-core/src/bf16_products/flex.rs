@@ -55,25 +55,25 @@ pub(super) fn linear<const D: usize>(
             .try_into_vec::<f32>()
             .unwrap_or_default()
     });
+    let bias = bias.as_deref();
     let out = if w.dtype() == DType::BF16 {
-        let data = w.storage::<half::bf16>();
         let weight = Weight {
-            data,
+            data: w.storage::<half::bf16>(),
             offset,
             shape,
             strides,
         };
-        kernel::linear(isa, x_values, m, weight, bias.as_deref()).ok()?
+        kernel::linear(isa, x_values, m, weight, bias)
     } else {
-        let data = w.storage::<f32>();
         let weight = Weight {
-            data,
+            data: w.storage::<f32>(),
             offset,
             shape,
             strides,
         };
-        kernel::linear(isa, x_values, m, weight, bias.as_deref()).ok()?
-    };
+        kernel::linear(isa, x_values, m, weight, bias)
+    }
+    .ok()?;
     let mut shape = dims;
     shape[D - 1] = n;
     let out = FlexTensor::from_data(TensorData::new(out, shape));
