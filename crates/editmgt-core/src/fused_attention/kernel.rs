@@ -270,6 +270,26 @@ struct Views<'a> {
 }
 
 impl Views<'_> {
+    /// Each score row of head `h` (query rows `first..` of batch `b`) becomes its softmax
+    /// numerators, with the bias added, and `inverse[i]` one over row `i`'s sum.
+    fn numerators(
+        &self,
+        b: usize,
+        h: usize,
+        first: usize,
+        scores: &mut [f32],
+        inverse: &mut [f32],
+    ) {
+        let keys = self.key.shape[2];
+        for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
+            let bias = self.bias.as_ref().map(|bias| {
+                let start = bias.index(b, h, first + i);
+                &bias.data[start..start + keys]
+            });
+            inverse[i] = 1.0 / exp_row(row, bias);
+        }
+    }
+
     /// Every head of query rows `first..` of batch `b` into `out` (`[n, heads, dv]`).
     fn block(
         &self,
@@ -297,23 +317,13 @@ impl Views<'_> {
                     }
                 });
                 product_into(*isa, &q, keys_t, scores, keys).expect("packed for these sizes");
-                for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
-                    let bias = self.bias.as_ref().map(|bias| {
-                        let start = bias.index(b, h, first + i);
-                        &bias.data[start..start + keys]
-                    });
-                    inverse[i] = 1.0 / exp_row(row, bias);
-                }
+                self.numerators(b, h, first, scores, inverse);
                 let p = Packed::rows(n, keys, |i, row| {
                     row.copy_from_slice(&scores[i * keys..(i + 1) * keys]);
                 });
                 product_into(*isa, &p, values, &mut out[h * value_dim..], row_len)
                     .expect("packed for these sizes");
-                for (row, &inv) in out.chunks_exact_mut(row_len).zip(inverse.iter()) {
-                    for x in &mut row[h * value_dim..(h + 1) * value_dim] {
-                        *x *= inv;
-                    }
-                }
+                normalize(out, row_len, h, value_dim, inverse);
             }
             return;
         }
@@ -350,13 +360,7 @@ impl Views<'_> {
                     );
                 }
             }
-            for (i, row) in scores.chunks_exact_mut(keys).enumerate() {
-                let bias = self.bias.as_ref().map(|bias| {
-                    let start = bias.index(b, h, first + i);
-                    &bias.data[start..start + keys]
-                });
-                inverse[i] = 1.0 / exp_row(row, bias);
-            }
+            self.numerators(b, h, first, scores, inverse);
             // SAFETY: `scores` holds the `n x keys` numerators; the value rows of key head `kh`
             // were checked by `StridedView::new`; `out` holds `n` rows of `heads * value_dim`
             // elements, of which columns `h * value_dim..(h + 1) * value_dim` are written.
@@ -384,11 +388,16 @@ impl Views<'_> {
                     gemm::Parallelism::None,
                 );
             }
-            for (row, &inv) in out.chunks_exact_mut(row_len).zip(inverse.iter()) {
-                for x in &mut row[h * value_dim..(h + 1) * value_dim] {
-                    *x *= inv;
-                }
-            }
+            normalize(out, row_len, h, value_dim, inverse);
+        }
+    }
+}
+
+/// Scales head `h`'s columns of each output row (`[n, heads * value_dim]`) by its `inverse`.
+fn normalize(out: &mut [f32], row_len: usize, h: usize, value_dim: usize, inverse: &[f32]) {
+    for (row, &inv) in out.chunks_exact_mut(row_len).zip(inverse) {
+        for x in &mut row[h * value_dim..(h + 1) * value_dim] {
+            *x *= inv;
         }
     }
 }
