@@ -45,6 +45,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--min-seconds", type=float, default=5.0, help="minimum timed seconds per row")
     p.add_argument("--heavy-iters", type=int, default=5, help="timed calls for the MGT/VQ/Gemma rows")
     p.add_argument("--timestep", type=int, default=35, help="MGT timestep (cost does not depend on it)")
+    p.add_argument("--mgt-bf16", action="store_true",
+                   help="also time the MGT forward with the model and its float inputs in bfloat16 (PyTorch's own "
+                        "bf16 products on the CPU, oneDNN's AMX/AVX512-BF16 kernels where the CPU has them)")
     p.add_argument("--sampler-steps", type=int, default=36, help="schedule length for the sampler step (our bench: 36)")
     p.add_argument("--sampler-step-index", type=int, default=0, help="step index (our bench: 0, all masked)")
     p.add_argument("--consolidation-heads", type=int, nargs="*", default=[1, 8],
@@ -157,6 +160,19 @@ def bench_mgt(args, torch, rows):
     assert tuple(t2i.shape) == (2, config["num_attention_heads"], 256, 1024), t2i.shape
     rows.append(("mgt_forward / capture_single_block", measure(capture, n, n, 0.0)))
     model.clear_attention_hooks()
+
+    if args.mgt_bf16:
+        # The same call with every weight and float input in bfloat16: what `--dtype bf16` is
+        # weighed against when PyTorch too may use the CPU's bf16 instructions.
+        model.to(torch.bfloat16)
+        for name, module in model.named_modules():
+            if name.endswith(".attn"):
+                module.reference_strength_factor = module.reference_strength_factor.to(torch.bfloat16)
+        states, pooled, micro = (t.to(torch.bfloat16) for t in (states, pooled, micro))
+        txt_ids = txt_ids.to(torch.bfloat16)  # as the pipeline makes them; the image ids stay integers
+        out = forward()
+        assert out.dtype == torch.bfloat16 and tuple(out.shape) == (2, config["codebook_size"], 64, 64)
+        rows.append(("mgt_forward / no_capture, bf16", measure(forward, n, n, 0.0)))
 
 
 def bench_attention(args, torch, rows):

@@ -49,7 +49,7 @@ fn gelu_one(x: f32) -> f32 {
 #[cfg(feature = "flex")]
 mod flex {
     use burn::backend::Flex;
-    use burn::tensor::{DType, Tensor, TensorData};
+    use burn::tensor::{DType, Tensor};
     use burn_flex::FlexTensor;
     use rayon::prelude::*;
 
@@ -58,41 +58,13 @@ mod flex {
     /// Values one task maps.
     const TASK: usize = 1 << 16;
 
-    #[inline(always)]
-    fn body(dst: &mut [f32]) {
-        for v in dst.iter_mut() {
-            *v = gelu_one(*v);
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    fn body_avx512(dst: &mut [f32]) {
-        body(dst)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn body_avx2(dst: &mut [f32]) {
-        body(dst)
-    }
-
-    /// [`body`] with the widest vector unit of the running CPU.
-    fn dispatch(dst: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
-                #[allow(unsafe_code)]
-                return unsafe { body_avx512(dst) };
-            }
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
-                #[allow(unsafe_code)]
-                return unsafe { body_avx2(dst) };
+    widest! {
+        /// [`gelu_one`] of every value of `dst`, in place.
+        fn dispatch(dst: &mut [f32]) {
+            for v in dst.iter_mut() {
+                *v = gelu_one(*v);
             }
         }
-        body(dst)
     }
 
     /// `values` mapped in place, spread over the rayon pool.
@@ -107,29 +79,10 @@ mod flex {
 
     /// The kernel's GELU of a plain `f32` flex tensor (see [`takes`]).
     pub(super) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-        let shape = x.dims();
         let t: FlexTensor = x
             .try_into_primitive::<Flex>()
             .expect("`takes` checked that this is a flex tensor");
-        let mut t = if t.is_contiguous() && t.layout().start_offset() == 0 {
-            t
-        } else {
-            t.to_contiguous()
-        };
-        let n = shape.iter().product::<usize>();
-        let out = match t.try_storage_mut::<f32>() {
-            // The tensor owns its data: map it where it is.
-            Some(values) if values.len() >= n => {
-                gelu_in_place(&mut values[..n]);
-                t
-            }
-            _ => {
-                let start = t.layout().start_offset();
-                let mut values = t.storage::<f32>()[start..start + n].to_vec();
-                gelu_in_place(&mut values);
-                FlexTensor::from_data(TensorData::new(values, shape))
-            }
-        };
+        let out = crate::flex_values::update_f32(t, gelu_in_place);
         Tensor::from_primitive::<Flex>(out)
     }
 }

@@ -21,6 +21,11 @@
 //!   AVX512-BF16) the models call, with CPU kernels on Burn's `flex` backend (feature `flex`) and
 //!   Burn's own ops on every other backend.
 
+// First: its macro serves the kernel modules below.
+#[cfg(feature = "flex")]
+#[macro_use]
+mod widest;
+
 pub mod activation;
 pub mod adaln;
 pub mod bf16_products;
@@ -28,6 +33,8 @@ pub mod config;
 pub mod direct_conv;
 mod dtype;
 mod error;
+#[cfg(feature = "flex")]
+mod flex_values;
 pub mod fused_attention;
 pub mod group_norm;
 #[cfg(all(test, feature = "flex"))]

@@ -43,94 +43,10 @@ fn sum_squares(x: &[f32], mean: f32) -> f32 {
     acc.iter().sum::<f32>() + tail.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>()
 }
 
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn layer_norm_modulate_rows(
-    x: &[f32],
-    out: &mut [f32],
-    first_row: usize,
-    d: usize,
-    group_rows: usize,
-    shift: &[f32],
-    scale_plus_one: &[f32],
-    eps: f32,
-) {
-    for (i, (x, out)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
-        let g = (first_row + i) / group_rows;
-        let shift = &shift[g * d..(g + 1) * d];
-        let scale = &scale_plus_one[g * d..(g + 1) * d];
-        let mean = sum(x) / d as f32;
-        let rstd = 1.0 / (sum_squares(x, mean) / d as f32 + eps).sqrt();
-        for j in 0..d {
-            out[j] = (x[j] - mean) * rstd * scale[j] + shift[j];
-        }
-    }
-}
-
-#[inline(always)]
-fn rms_norm_rows(x: &[f32], out: &mut [f32], d: usize, gamma: &[f32], eps: f32) {
-    for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let inv = 1.0 / (sum_squares(x, 0.0) / d as f32 + eps).sqrt();
-        for j in 0..d {
-            out[j] = (x[j] * inv) * gamma[j];
-        }
-    }
-}
-
-#[inline(always)]
-fn gated_residual_rows(
-    x: &mut [f32],
-    y: &[f32],
-    first_row: usize,
-    d: usize,
-    group_rows: usize,
-    gate: &[f32],
-) {
-    for (i, (x, y)) in x.chunks_exact_mut(d).zip(y.chunks_exact(d)).enumerate() {
-        let g = (first_row + i) / group_rows;
-        let gate = &gate[g * d..(g + 1) * d];
-        for j in 0..d {
-            x[j] += y[j] * gate[j];
-        }
-    }
-}
-
-/// Defines `$name` calling `$body` (an `#[inline(always)]` function) compiled for the widest
-/// vector unit the running CPU has.
-macro_rules! widest {
-    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
-        #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                #[allow(clippy::too_many_arguments)]
-                fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F, the only feature `avx512` is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU has AVX2 and FMA, the features `avx2` is compiled for.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-}
-
-widest!(
-    layer_norm_modulate_task,
-    layer_norm_modulate_rows,
-    (
+widest! {
+    /// `out = layer_norm(x) * scale_plus_one + shift` for the rows of `x`; row 0 is row
+    /// `first_row` of its groups.
+    fn layer_norm_modulate_task(
         x: &[f32],
         out: &mut [f32],
         first_row: usize,
@@ -138,26 +54,52 @@ widest!(
         group_rows: usize,
         shift: &[f32],
         scale_plus_one: &[f32],
-        eps: f32
-    )
-);
-widest!(
-    rms_norm_task,
-    rms_norm_rows,
-    (x: &[f32], out: &mut [f32], d: usize, gamma: &[f32], eps: f32)
-);
-widest!(
-    gated_residual_task,
-    gated_residual_rows,
-    (
+        eps: f32,
+    ) {
+        for (i, (x, out)) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)).enumerate() {
+            let g = (first_row + i) / group_rows;
+            let shift = &shift[g * d..(g + 1) * d];
+            let scale = &scale_plus_one[g * d..(g + 1) * d];
+            let mean = sum(x) / d as f32;
+            let rstd = 1.0 / (sum_squares(x, mean) / d as f32 + eps).sqrt();
+            for j in 0..d {
+                out[j] = (x[j] - mean) * rstd * scale[j] + shift[j];
+            }
+        }
+    }
+}
+
+widest! {
+    /// `out = x * rsqrt(mean(x^2) + eps) * gamma` for the rows of `x`.
+    fn rms_norm_task(x: &[f32], out: &mut [f32], d: usize, gamma: &[f32], eps: f32) {
+        for (x, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+            let inv = 1.0 / (sum_squares(x, 0.0) / d as f32 + eps).sqrt();
+            for j in 0..d {
+                out[j] = (x[j] * inv) * gamma[j];
+            }
+        }
+    }
+}
+
+widest! {
+    /// `x += y * gate` for the rows of `x`; row 0 is row `first_row` of its groups.
+    fn gated_residual_task(
         x: &mut [f32],
         y: &[f32],
         first_row: usize,
         d: usize,
         group_rows: usize,
-        gate: &[f32]
-    )
-);
+        gate: &[f32],
+    ) {
+        for (i, (x, y)) in x.chunks_exact_mut(d).zip(y.chunks_exact(d)).enumerate() {
+            let g = (first_row + i) / group_rows;
+            let gate = &gate[g * d..(g + 1) * d];
+            for j in 0..d {
+                x[j] += y[j] * gate[j];
+            }
+        }
+    }
+}
 
 /// Rows per rayon task for rows of `d` values.
 fn task_rows(d: usize) -> usize {

@@ -1,10 +1,10 @@
 //! The bridge from Burn tensors on the `flex` backend to [`super::kernel`].
 
 use burn::backend::Flex;
-use burn::tensor::{DType, Tensor, TensorData};
-use burn_flex::FlexTensor;
+use burn::tensor::{DType, Tensor};
 
 use super::kernel::{self, Weight};
+use crate::flex_values::{RowMajor, forward_strides, tensor};
 
 /// The kernel's `x w + b` when `x` is a plain `f32` flex tensor and `weight` a plain bf16 or
 /// `f32` flex tensor (rounded to bf16 as it is packed), and [`super::isa`] is not `None`; `None`
@@ -26,27 +26,10 @@ pub(super) fn linear<const D: usize>(
     if x.dtype() != DType::F32 || !matches!(w.dtype(), DType::BF16 | DType::F32) {
         return None;
     }
-    let x = if x.is_contiguous() {
-        x
-    } else {
-        x.to_contiguous()
-    };
-    let start = x.layout().start_offset();
-    let x_values = &x.storage::<f32>()[start..start + m * k];
-    let strides: Option<Vec<usize>> = w
-        .layout()
-        .strides()
-        .iter()
-        .map(|&s| usize::try_from(s).ok())
-        .collect();
-    let w = match strides {
-        Some(_) => w,
-        None => w.to_contiguous(),
-    };
-    let strides = [
-        usize::try_from(w.layout().strides()[0]).ok()?,
-        usize::try_from(w.layout().strides()[1]).ok()?,
-    ];
+    let xs = RowMajor::of_flex(x)?;
+    let x_values = xs.values();
+    let (w, strides) = forward_strides(w);
+    let strides: [usize; 2] = strides.try_into().ok()?;
     let (offset, shape) = (w.layout().start_offset(), [k, n]);
     let bias: Option<Vec<f32>> = bias.map(|b| {
         b.clone()
@@ -76,6 +59,5 @@ pub(super) fn linear<const D: usize>(
     .ok()?;
     let mut shape = dims;
     shape[D - 1] = n;
-    let out = FlexTensor::from_data(TensorData::new(out, shape));
-    Some(Tensor::<D>::from_primitive::<Flex>(out))
+    Some(tensor(out, shape))
 }

@@ -245,12 +245,7 @@ pub fn linear<T: Bf16Bits>(
         let panels = g * group..((g + 1) * group).min(n_panels);
         // SAFETY: the ISA was checked above; task `(g, mi)` writes only rows of panel `mi` and
         // columns of group `g`, which no other task writes.
-        unsafe {
-            match isa {
-                Isa::Amx => amx_task(&a, &b, shape, mi, panels, bias, &sink),
-                Isa::Avx512Bf16 => avx512_task(&a, &b, shape, mi, panels, bias, &sink),
-            }
-        }
+        unsafe { run_task(isa, &a, &b, shape, mi, panels, bias, &sink) }
     });
     Ok(out)
 }
@@ -279,13 +274,34 @@ impl Packed {
     /// Rows `x[i] = row(i)`, `i < m`, of `k` values each (`row` fills a slice of `k`), rounded
     /// to bf16. Runs on the calling thread.
     pub fn rows(m: usize, k: usize, mut row: impl FnMut(usize, &mut [f32])) -> Packed {
+        let mut buffer = vec![0.0f32; k];
+        Self::converted(m, k, |i, dst| {
+            row(i, &mut buffer);
+            convert_row(&buffer, dst);
+        })
+    }
+
+    /// The `m` rows of `k` values each that `values` holds in row-major order, rounded to bf16
+    /// (as [`Packed::rows`], without copying each row first). Runs on the calling thread.
+    ///
+    /// # Panics
+    /// When `values` holds fewer than `m * k` values.
+    pub fn row_major(values: &[f32], m: usize, k: usize) -> Packed {
+        assert!(
+            values.len() >= m * k,
+            "{} values cannot hold {m} rows of {k}",
+            values.len()
+        );
+        Self::converted(m, k, |i, dst| convert_row(&values[i * k..(i + 1) * k], dst))
+    }
+
+    /// `m` rows of `k` bf16 values, each written by `convert(i, row)`.
+    fn converted(m: usize, k: usize, mut convert: impl FnMut(usize, &mut [u16])) -> Packed {
         let k_pad = k.div_ceil(K_CHUNK).max(1) * K_CHUNK;
         let m_pad = m.div_ceil(PANEL) * PANEL;
         let mut values = vec![0u16; m_pad * k_pad];
-        let mut buffer = vec![0.0f32; k];
         for (i, dst) in values.chunks_mut(k_pad).take(m).enumerate() {
-            row(i, &mut buffer);
-            convert_row(&buffer, &mut dst[..k]);
+            convert(i, &mut dst[..k]);
         }
         Packed {
             values,
@@ -355,12 +371,16 @@ pub fn product_into(
         // SAFETY: the ISA was checked; the output holds every row and column written (checked
         // above), and this thread is the only writer of `out`.
         unsafe {
-            match isa {
-                Isa::Amx => amx_task(&x.values, &w.values, shape, mi, panels.clone(), None, &sink),
-                Isa::Avx512Bf16 => {
-                    avx512_task(&x.values, &w.values, shape, mi, panels.clone(), None, &sink)
-                }
-            }
+            run_task(
+                isa,
+                &x.values,
+                &w.values,
+                shape,
+                mi,
+                panels.clone(),
+                None,
+                &sink,
+            )
         }
     }
     Ok(())
@@ -630,30 +650,36 @@ unsafe fn avx512_task(
     }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn amx_task(
-    _: &[u16],
-    _: &[u16],
-    _: Shape,
-    _: usize,
-    _: std::ops::Range<usize>,
-    _: Option<&[f32]>,
-    _: &Sink,
+/// Row panel `mi` against the column panels `panels` on `isa`'s kernel.
+///
+/// # Safety
+/// As [`amx_task`] and [`avx512_task`]: `isa` usable ([`Isa::supported`], empty outside
+/// x86-64), `a` and `b` packed for `shape`, and the task's output cells written by no other
+/// thread.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_task(
+    isa: Isa,
+    a: &[u16],
+    b: &[u16],
+    shape: Shape,
+    mi: usize,
+    panels: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    sink: &Sink,
 ) {
-    unreachable!("no AMX outside x86-64")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn avx512_task(
-    _: &[u16],
-    _: &[u16],
-    _: Shape,
-    _: usize,
-    _: std::ops::Range<usize>,
-    _: Option<&[f32]>,
-    _: &Sink,
-) {
-    unreachable!("no AVX-512 outside x86-64")
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's guarantees are those of both kernels.
+    unsafe {
+        match isa {
+            Isa::Amx => amx_task(a, b, shape, mi, panels, bias, sink),
+            Isa::Avx512Bf16 => avx512_task(a, b, shape, mi, panels, bias, sink),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, a, b, shape, mi, panels, bias, sink);
+        unreachable!("no bf16 kernels outside x86-64")
+    }
 }
 
 /// The same product computed plainly: `x` and `w` rounded to bf16, sums in `f64`. For tests.
@@ -766,6 +792,30 @@ mod tests {
         for x in values(1000, 4) {
             let y = from_bf16(to_bf16(x));
             assert!((x - y).abs() <= x.abs() / 256.0, "{x} rounded to {y}");
+        }
+    }
+
+    #[test]
+    fn row_major_packs_what_rows_packs() {
+        let (m, k) = (37, 45);
+        let x = values(m * k, 11);
+        let direct = Packed::row_major(&x, m, k);
+        let copied = Packed::rows(m, k, |i, row| row.copy_from_slice(&x[i * k..(i + 1) * k]));
+        assert_eq!((direct.len, direct.k_pad), (copied.len, copied.k_pad));
+        assert_eq!(direct.values, copied.values);
+        for i in 0..direct.values.len() / direct.k_pad {
+            for j in 0..direct.k_pad {
+                let expected = if i < m && j < k {
+                    to_bf16(x[i * k + j])
+                } else {
+                    0
+                };
+                assert_eq!(
+                    direct.values[i * direct.k_pad + j],
+                    expected,
+                    "row {i}, column {j}"
+                );
+            }
         }
     }
 

@@ -2,11 +2,12 @@
 
 use burn::backend::Flex;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 
 use super::InputNorm;
 use super::kernel::{self, ConvShape, Input, InputMap, Upsample};
+use crate::flex_values::{RowMajor, tensor};
 
 /// Whether the kernel takes `input` with `options`.
 pub(super) fn takes(input: &Tensor<4>, options: &ConvOptions<2>) -> bool {
@@ -89,11 +90,9 @@ fn run(
         return None;
     }
     let (x, strides) = rows_contiguous(input.clone().try_into_primitive::<Flex>().ok()?)?;
-    let w = contiguous_f32(weight.clone().try_into_primitive::<Flex>().ok()?)?;
+    let w = RowMajor::of(weight)?;
     let b = match bias {
-        Some(b) => Some(contiguous_f32(
-            b.clone().try_into_primitive::<Flex>().ok()?,
-        )?),
+        Some(b) => Some(RowMajor::of(b)?),
         None => None,
     };
     let [batch, in_channels, h, width] = input.dims();
@@ -119,9 +118,9 @@ fn run(
         map,
         upsample: upsample.map(|(up, _)| up),
     };
-    let out = kernel::conv2d_input(input, data(&w), b.as_ref().map(data), shape).ok()?;
-    let out = FlexTensor::from_data(TensorData::new(out, [batch, out_channels, ho, wo]));
-    Some(Tensor::<4>::from_primitive::<Flex>(out))
+    let out =
+        kernel::conv2d_input(input, w.values(), b.as_ref().map(RowMajor::values), shape).ok()?;
+    Some(tensor(out, [batch, out_channels, ho, wo]))
 }
 
 /// `t` (an `f32` tensor) with contiguous rows and its image, channel and row strides; copied
@@ -145,23 +144,4 @@ fn rows_contiguous(t: FlexTensor) -> Option<(FlexTensor, [usize; 3])> {
     let t = t.to_contiguous();
     let [_, c, h, w] = shape;
     Some((t, [c * h * w, h * w, w]))
-}
-
-/// `t` with a contiguous layout (copied when it is not), if it holds `f32`.
-fn contiguous_f32(t: FlexTensor) -> Option<FlexTensor> {
-    if t.dtype() != DType::F32 {
-        return None;
-    }
-    let t = if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    };
-    t.is_contiguous().then_some(t)
-}
-
-/// The elements of a contiguous tensor, in order.
-fn data(t: &FlexTensor) -> &[f32] {
-    let start = t.layout().start_offset();
-    &t.storage::<f32>()[start..start + t.layout().num_elements()]
 }

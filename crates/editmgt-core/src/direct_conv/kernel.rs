@@ -352,48 +352,21 @@ pub fn conv2d_input(
     Ok(out)
 }
 
-/// `dst[i] = (src[i] - mean) * scale + shift`, then SiLU when `silu` (see [`InputMap`]).
-#[inline(always)]
-fn map_row_body(dst: &mut [f32], src: &[f32], [mean, scale, shift]: [f32; 3], silu: bool) {
-    if silu {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = crate::vector_math::silu((s - mean) * scale + shift);
-        }
-    } else {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = (s - mean) * scale + shift;
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn map_row_avx512(dst: &mut [f32], src: &[f32], affine: [f32; 3], silu: bool) {
-    map_row_body(dst, src, affine, silu)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn map_row_avx2(dst: &mut [f32], src: &[f32], affine: [f32; 3], silu: bool) {
-    map_row_body(dst, src, affine, silu)
-}
-
-/// [`map_row_body`] with the widest vector unit of the running CPU.
-fn map_row(dst: &mut [f32], src: &[f32], affine: [f32; 3], silu: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
-            #[allow(unsafe_code)]
-            return unsafe { map_row_avx512(dst, src, affine, silu) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
-            #[allow(unsafe_code)]
-            return unsafe { map_row_avx2(dst, src, affine, silu) };
+widest! {
+    /// `dst[i] = (src[i] - mean) * scale + shift` for `affine = [mean, scale, shift]`, then SiLU
+    /// when `silu` (see [`InputMap`]).
+    fn map_row(dst: &mut [f32], src: &[f32], affine: [f32; 3], silu: bool) {
+        let [mean, scale, shift] = affine;
+        if silu {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = crate::vector_math::silu((s - mean) * scale + shift);
+            }
+        } else {
+            for (d, &s) in dst.iter_mut().zip(src) {
+                *d = (s - mean) * scale + shift;
+            }
         }
     }
-    map_row_body(dst, src, affine, silu)
 }
 
 #[cfg(test)]

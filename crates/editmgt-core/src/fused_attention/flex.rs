@@ -73,26 +73,9 @@ fn flex_f32(x: &Tensor<4>) -> Option<FlexTensor> {
 type Held = (FlexTensor, [usize; 4], [usize; 4]);
 
 fn held(t: &FlexTensor) -> Option<Held> {
-    let layout = t.layout();
-    let shape: [usize; 4] = layout.shape().to_vec().try_into().ok()?;
-    let strides: Option<Vec<usize>> = layout
-        .strides()
-        .iter()
-        .map(|&s| usize::try_from(s).ok())
-        .collect();
-    match strides {
-        Some(strides) => Some((t.clone(), shape, strides.try_into().ok()?)),
-        None => {
-            let t = t.to_contiguous();
-            let strides = [
-                shape[1] * shape[2] * shape[3],
-                shape[2] * shape[3],
-                shape[3],
-                1,
-            ];
-            Some((t, shape, strides))
-        }
-    }
+    let shape: [usize; 4] = t.layout().shape().to_vec().try_into().ok()?;
+    let (t, strides) = crate::flex_values::forward_strides(t.clone());
+    Some((t, shape, strides.try_into().ok()?))
 }
 
 fn view(held: &Held) -> Option<StridedView<'_>> {

@@ -318,9 +318,7 @@ impl Views<'_> {
                 });
                 product_into(*isa, &q, keys_t, scores, keys).expect("packed for these sizes");
                 self.numerators(b, h, first, scores, inverse);
-                let p = Packed::rows(n, keys, |i, row| {
-                    row.copy_from_slice(&scores[i * keys..(i + 1) * keys]);
-                });
+                let p = Packed::row_major(scores, n, keys);
                 product_into(*isa, &p, values, &mut out[h * value_dim..], row_len)
                     .expect("packed for these sizes");
                 normalize(out, row_len, h, value_dim, inverse);

@@ -10,90 +10,62 @@ const LANES: usize = 16;
 
 use crate::vector_math::exp;
 
-/// Softmax numerators of one row in place: `row[j] = exp(row[j] + bias[j] - max)` where `max`
-/// is the row's maximum after the bias; returns the sum of the numerators (at least 1 unless
-/// the row is empty or holds a NaN).
-#[inline(always)]
-fn exp_row_body(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
-    let mut max = [f32::NEG_INFINITY; LANES];
-    match bias {
-        Some(bias) => {
-            let bias = &bias[..row.len()];
-            let mut rows = row.chunks_exact_mut(LANES);
-            let mut biases = bias.chunks_exact(LANES);
-            for (r, b) in (&mut rows).zip(&mut biases) {
-                for j in 0..LANES {
-                    let v = r[j] + b[j];
-                    r[j] = v;
-                    max[j] = if v > max[j] { v } else { max[j] };
+widest! {
+    /// Softmax numerators of one row in place: `row[j] = exp(row[j] + bias[j] - max)` where `max`
+    /// is the row's maximum after the bias; returns the sum of the numerators (at least 1 unless
+    /// the row is empty or holds a NaN).
+    ///
+    /// `bias`, when given, is at least as long as `row`.
+    pub(crate) fn exp_row(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
+        let mut max = [f32::NEG_INFINITY; LANES];
+        match bias {
+            Some(bias) => {
+                let bias = &bias[..row.len()];
+                let mut rows = row.chunks_exact_mut(LANES);
+                let mut biases = bias.chunks_exact(LANES);
+                for (r, b) in (&mut rows).zip(&mut biases) {
+                    for j in 0..LANES {
+                        let v = r[j] + b[j];
+                        r[j] = v;
+                        max[j] = if v > max[j] { v } else { max[j] };
+                    }
+                }
+                for (r, b) in rows.into_remainder().iter_mut().zip(biases.remainder()) {
+                    *r += b;
+                    max[0] = if *r > max[0] { *r } else { max[0] };
                 }
             }
-            for (r, b) in rows.into_remainder().iter_mut().zip(biases.remainder()) {
-                *r += b;
-                max[0] = if *r > max[0] { *r } else { max[0] };
-            }
-        }
-        None => {
-            let mut rows = row.chunks_exact(LANES);
-            for r in &mut rows {
-                for j in 0..LANES {
-                    max[j] = if r[j] > max[j] { r[j] } else { max[j] };
+            None => {
+                let mut rows = row.chunks_exact(LANES);
+                for r in &mut rows {
+                    for j in 0..LANES {
+                        max[j] = if r[j] > max[j] { r[j] } else { max[j] };
+                    }
+                }
+                for &r in rows.remainder() {
+                    max[0] = if r > max[0] { r } else { max[0] };
                 }
             }
-            for &r in rows.remainder() {
-                max[0] = if r > max[0] { r } else { max[0] };
+        }
+        let max = max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        // A row of -inf only (every key masked): every numerator is exp(-inf - -inf); keep it 0.
+        let max = if max == f32::NEG_INFINITY { 0.0 } else { max };
+        let mut sum = [0.0f32; LANES];
+        let mut rows = row.chunks_exact_mut(LANES);
+        for r in &mut rows {
+            for j in 0..LANES {
+                let e = exp(r[j] - max);
+                r[j] = e;
+                sum[j] += e;
             }
         }
-    }
-    let max = max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    // A row of -inf only (every key masked): every numerator is exp(-inf - -inf); keep it 0.
-    let max = if max == f32::NEG_INFINITY { 0.0 } else { max };
-    let mut sum = [0.0f32; LANES];
-    let mut rows = row.chunks_exact_mut(LANES);
-    for r in &mut rows {
-        for j in 0..LANES {
-            let e = exp(r[j] - max);
-            r[j] = e;
-            sum[j] += e;
+        let mut tail = 0.0;
+        for r in rows.into_remainder() {
+            *r = exp(*r - max);
+            tail += *r;
         }
+        sum.iter().sum::<f32>() + tail
     }
-    let mut tail = 0.0;
-    for r in rows.into_remainder() {
-        *r = exp(*r - max);
-        tail += *r;
-    }
-    sum.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn exp_row_avx512(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
-    exp_row_body(row, bias)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn exp_row_avx2(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
-    exp_row_body(row, bias)
-}
-
-/// Softmax numerators of one row in place (see [`exp_row_body`]), with the widest vector unit
-/// of the running CPU; returns their sum. `bias`, when given, is at least as long as `row`.
-pub(crate) fn exp_row(row: &mut [f32], bias: Option<&[f32]>) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
-            #[allow(unsafe_code)]
-            return unsafe { exp_row_avx512(row, bias) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
-            #[allow(unsafe_code)]
-            return unsafe { exp_row_avx2(row, bias) };
-        }
-    }
-    exp_row_body(row, bias)
 }
 
 #[cfg(test)]

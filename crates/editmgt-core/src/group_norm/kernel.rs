@@ -71,56 +71,27 @@ pub fn group_moments(data: &[f32], group_len: usize) -> Result<Vec<(f64, f64)>, 
         .collect())
 }
 
-/// The sum of `x - centre` (or of `(x - centre)^2` when `square`) over `values`.
-#[inline(always)]
-fn body(values: &[f32], centre: f32, square: bool) -> f64 {
-    let mut total = 0.0f64;
-    let mut blocks = values.chunks_exact(BLOCK);
-    for block in &mut blocks {
-        let mut lanes = [0.0f32; LANES];
-        for chunk in block.chunks_exact(LANES) {
-            for j in 0..LANES {
-                let d = chunk[j] - centre;
-                lanes[j] += if square { d * d } else { d };
+widest! {
+    /// The sum of `x - centre` (or of `(x - centre)^2` when `square`) over `values`.
+    fn dispatch(values: &[f32], centre: f32, square: bool) -> f64 {
+        let mut total = 0.0f64;
+        let mut blocks = values.chunks_exact(BLOCK);
+        for block in &mut blocks {
+            let mut lanes = [0.0f32; LANES];
+            for chunk in block.chunks_exact(LANES) {
+                for j in 0..LANES {
+                    let d = chunk[j] - centre;
+                    lanes[j] += if square { d * d } else { d };
+                }
             }
+            total += lanes.iter().map(|&l| f64::from(l)).sum::<f64>();
         }
-        total += lanes.iter().map(|&l| f64::from(l)).sum::<f64>();
-    }
-    for &v in blocks.remainder() {
-        let d = f64::from(v) - f64::from(centre);
-        total += if square { d * d } else { d };
-    }
-    total
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn body_avx512(values: &[f32], centre: f32, square: bool) -> f64 {
-    body(values, centre, square)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn body_avx2(values: &[f32], centre: f32, square: bool) -> f64 {
-    body(values, centre, square)
-}
-
-/// [`body`] with the widest vector unit of the running CPU.
-fn dispatch(values: &[f32], centre: f32, square: bool) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, the only feature the function is compiled for.
-            #[allow(unsafe_code)]
-            return unsafe { body_avx512(values, centre, square) };
+        for &v in blocks.remainder() {
+            let d = f64::from(v) - f64::from(centre);
+            total += if square { d * d } else { d };
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA, the features the function is compiled for.
-            #[allow(unsafe_code)]
-            return unsafe { body_avx2(values, centre, square) };
-        }
+        total
     }
-    body(values, centre, square)
 }
 
 #[cfg(test)]

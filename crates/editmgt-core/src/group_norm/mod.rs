@@ -41,26 +41,18 @@ pub fn group_stats(x: &Tensor<4>, groups: usize, eps: f64, rows: usize) -> (Tens
 /// [`kernel::group_moments`] of a plain `f32` flex tensor; `None` for any other tensor.
 #[cfg(feature = "flex")]
 fn flex_stats(x: &Tensor<4>, groups: usize, eps: f64) -> Option<(Tensor<4>, Tensor<4>)> {
-    use burn::backend::Flex;
     use burn::tensor::TensorData;
 
-    if x.dtype() != DType::F32 || groups == 0 {
+    if groups == 0 {
         return None;
     }
     let [b, c, h, w] = x.dims();
     if c % groups != 0 {
         return None;
     }
-    let t = x.clone().try_into_primitive::<Flex>().ok()?;
-    let t = if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    };
-    let start = t.layout().start_offset();
-    let data = &t.storage::<f32>()[start..start + b * c * h * w];
+    let values = crate::flex_values::RowMajor::of(x)?;
     let per_group = c / groups;
-    let moments = kernel::group_moments(data, per_group * h * w).ok()?;
+    let moments = kernel::group_moments(values.values(), per_group * h * w).ok()?;
     let per_channel = |f: &dyn Fn(f64, f64) -> f64| -> Tensor<4> {
         let values: Vec<f32> = moments
             .iter()
