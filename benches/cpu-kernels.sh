@@ -5,19 +5,23 @@
 # reference at the same shapes (`pytorch/bench_reference.py`), and one table of medians and ratios.
 #
 #   benches/cpu-kernels.sh --reference /path/to/EditMGT [--python PYTHON] [--threads N]
+#                          [--kernels-on-only]
 #
+# --kernels-on-only skips the runs with the kernels off (about half the time); the table's
+# "kernels off" column is then empty.
 # PYTHON defaults to target/realscale-venv/bin/python (made by `benches/realscale.sh
 # --with-reference`); the reference checkout holds `src/transformer.py`. Both sides get the same
 # thread count (default 2). Keep the machine otherwise idle: nothing here is asserted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-reference="" python="target/realscale-venv/bin/python" threads=2
+reference="" python="target/realscale-venv/bin/python" threads=2 modes="on off"
 while [ $# -gt 0 ]; do
     case "$1" in
         --reference) reference="$2"; shift 2 ;;
         --python) python="$2"; shift 2 ;;
         --threads) threads="$2"; shift 2 ;;
+        --kernels-on-only) modes="on"; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -55,8 +59,10 @@ run() { # label-suffix env... -- cargo bench args
 
 echo "== criterion benches (kernels on, then off)"
 run on EDITMGT_FUSED_ATTENTION=1 EDITMGT_DIRECT_CONV=1 -- -p editmgt-core --bench attention --bench conv -- "fused|direct"
-run off EDITMGT_FUSED_ATTENTION=1 -- -p editmgt-core --bench attention --bench conv -- burn_op
-for mode in on off; do
+if [ "$modes" != on ]; then
+    run off EDITMGT_FUSED_ATTENTION=1 -- -p editmgt-core --bench attention --bench conv -- burn_op
+fi
+for mode in $modes; do
     flag=1; [ "$mode" = off ] && flag=0
     kernels=(EDITMGT_FUSED_ATTENTION=$flag EDITMGT_DIRECT_CONV=$flag EDITMGT_GROUP_NORM_KERNEL=$flag)
     run "$mode" "${kernels[@]}" -- -p editmgt-mgt --bench forward
@@ -65,7 +71,7 @@ done
 
 echo "== the PyTorch reference"
 "$python" benches/pytorch/bench_reference.py --reference "$reference" --threads "$threads" \
-    --only mgt attention vq --json "$out/pytorch.json" >"$out/pytorch.log"
+    --only mgt attention vq --mgt-bf16 --json "$out/pytorch.json" >"$out/pytorch.log"
 
 "$python" - "$out/rust" "$out/pytorch.json" <<'PY'
 import json, sys
@@ -85,6 +91,8 @@ rows = [
     ("MGT forward, 1 double + 2 single", "mgt_forward_real_width_1d_2s/no_capture", None, "mgt_forward / no_capture"),
     ("MGT forward, bf16 products (--dtype bf16)", "mgt_forward_real_width_1d_2s/no_capture_bf16_products", None,
      "mgt_forward / no_capture"),
+    ("MGT forward, bf16 products against PyTorch's bf16", "mgt_forward_real_width_1d_2s/no_capture_bf16_products", None,
+     "mgt_forward / no_capture, bf16"),
     ("MGT forward, capturing a block", "mgt_forward_real_width_1d_2s/capture_single_block", None,
      "mgt_forward / capture_single_block"),
     ("VQ encode + quantize, 256x256", "vq_256x256_real_widths/encode+quantize", None, "vq / encode+quantize"),
@@ -100,6 +108,6 @@ print("|---|---:|---:|---:|---:|---:|")
 for label, on_id, off_id, torch_id in rows:
     on = rust.get((on_id, "on"))
     off = rust.get((off_id or on_id, "off"))
-    pt = next((v for k, v in torch.items() if torch_id and k.startswith(torch_id)), None)
+    pt = torch.get(torch_id) if torch_id in torch else next((v for k, v in torch.items() if torch_id and k.startswith(torch_id)), None)
     print(f"| {label} | {fmt(on)} | {fmt(off)} | {fmt(pt)} | {ratio(on, off)} | {ratio(on, pt)} |")
 PY

@@ -7,16 +7,20 @@
 #
 #   benches/realscale.sh [--steps N] [--cache DIR] [--checkpoint-dtype f32|f16|bf16]
 #                        [--dtypes "f32 bf16"] [--seed N] [--out DIR]
-#                        [--with-reference --reference PATH] [--threads N]
+#                        [--with-reference --reference PATH] [--reference-dtypes "f32 bf16"]
+#                        [--skip-low-memory] [--threads N]
 #
 # The checkpoint (about 9.4 GB in bf16, 19 GB in f32) is written once by the testkit's
 # `synth-checkpoint` into the cache folder (default target/synth-<checkpoint dtype>) and reused
 # by later runs. Each edit needs the memory the table reports (about 20 GB in f32 today), so run
 # it on a machine with nothing else big running. Needs GNU time (/usr/bin/time).
 #
-# --with-reference: also the PyTorch reference pipeline (float32) on the same folder, steps and
-# threads: a venv in target/realscale-venv gets torch 2.1.0, diffusers 0.32.1 and transformers
-# 4.47.1 from PyPI, and benches/pytorch/bench_reference.py --only pipeline imports the reference
+# --skip-low-memory: only the default runs (not again with --low-memory).
+#
+# --with-reference: also the PyTorch reference pipeline (float32; --reference-dtypes "f32 bf16"
+# adds a bfloat16 run, on PyTorch's own bf16 kernels) on the same folder, steps and threads: a
+# venv in target/realscale-venv gets torch 2.1.0, diffusers 0.32.1 and transformers 4.47.1 from
+# PyPI, and benches/pytorch/bench_reference.py --only pipeline imports the reference
 # from the checkout given by --reference (the folder holding src/). Before that, one transformer
 # forward of both sides on the same synthetic weights and inputs (the `forward_check` example,
 # then bench_reference.py --only forward_check): the logits must agree within 1e-3 relative.
@@ -31,12 +35,14 @@ SEED=0
 OUT=""
 WITH_REFERENCE=0
 REFERENCE=""
+REFERENCE_DTYPES="f32"
+LOW_MEMORY=1
 THREADS=""
 IMAGE="$ROOT/fixtures/tiny/cases/source.png" # 1024x1024
 PROMPT="make it into Ghibli style"
 
 usage() {
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 while [[ $# -gt 0 ]]; do
@@ -49,6 +55,8 @@ while [[ $# -gt 0 ]]; do
         --out) OUT="$2"; shift 2 ;;
         --with-reference) WITH_REFERENCE=1; shift ;;
         --reference) REFERENCE="$2"; shift 2 ;;
+        --reference-dtypes) REFERENCE_DTYPES="$2"; shift 2 ;;
+        --skip-low-memory) LOW_MEMORY=0; shift ;;
         --threads) THREADS="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "realscale.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -157,11 +165,15 @@ run_edit() {
 
 for dtype in $DTYPES; do
     run_edit "$dtype" ""
-    run_edit "$dtype" "yes"
+    if [[ "$LOW_MEMORY" == 1 ]]; then
+        run_edit "$dtype" "yes"
+    fi
 done
 
-# The PyTorch reference pipeline on the same folder, steps and threads, in float32.
-REF_ROW=""
+# The PyTorch reference pipeline on the same folder, steps and threads, in each of
+# $REFERENCE_DTYPES: rows "dtype|low|wall|peak|load|step|fixed" in $OUT/reference-rows.
+REF_ROWS="$OUT/reference-rows"
+: > "$REF_ROWS"
 if [[ "$WITH_REFERENCE" == 1 ]]; then
     if [[ -z "$REFERENCE" || ! -f "$REFERENCE/src/transformer.py" ]]; then
         echo "realscale.sh: --with-reference needs --reference PATH, a checkout of" \
@@ -187,18 +199,20 @@ if [[ "$WITH_REFERENCE" == 1 ]]; then
         FORWARD_OK=0
     fi
     sed 's/^/   /' "$OUT/forward_check.log"
-    echo "== reference pipeline (f32, $STEPS step(s))"
-    if /usr/bin/time -v -o "$OUT/reference.time" "$VENV/bin/python" "$ROOT/benches/pytorch/bench_reference.py" \
-        --reference "$REFERENCE" --only pipeline --model "$CACHE" --image "$IMAGE" --prompt "$PROMPT" \
-        --steps "$STEPS" --threads "${THREADS:-$(nproc)}" --pipeline-dtype f32 --json "$OUT/reference.json" \
-        > "$OUT/reference.log" 2>&1; then
-        sed 's/^/   /' "$OUT/reference.log"
-        wall="$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$OUT/reference.time")"
-        peak_kb="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$OUT/reference.time")"
-        seconds="$(awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.1f", s }' <<< "$wall")"
-        peak="$(awk '{ printf "%.2f", $1 / 1048576 }' <<< "$peak_kb")"
-        # Load, mean step after the first and edit minus those steps, from the bench's JSON.
-        ref_stages="$("$VENV/bin/python" - "$OUT/reference.json" <<'PY'
+    for ref_dtype in $REFERENCE_DTYPES; do
+        echo "== reference pipeline ($ref_dtype, $STEPS step(s))"
+        name="reference-$ref_dtype"
+        if /usr/bin/time -v -o "$OUT/$name.time" "$VENV/bin/python" "$ROOT/benches/pytorch/bench_reference.py" \
+            --reference "$REFERENCE" --only pipeline --model "$CACHE" --image "$IMAGE" --prompt "$PROMPT" \
+            --steps "$STEPS" --threads "${THREADS:-$(nproc)}" --pipeline-dtype "$ref_dtype" \
+            --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1; then
+            sed 's/^/   /' "$OUT/$name.log"
+            wall="$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$OUT/$name.time")"
+            peak_kb="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$OUT/$name.time")"
+            seconds="$(awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; printf "%.1f", s }' <<< "$wall")"
+            peak="$(awk '{ printf "%.2f", $1 / 1048576 }' <<< "$peak_kb")"
+            # Load, mean step after the first and edit minus those steps, from the bench's JSON.
+            ref_stages="$("$VENV/bin/python" - "$OUT/$name.json" <<'PY'
 import json, sys
 rows = {r["bench"]: r["median_s"] for r in json.load(open(sys.argv[1]))["rows"]}
 def pick(prefix):
@@ -210,12 +224,13 @@ if edit == "n/a":
 print("|".join([pick("pipeline / load"), pick("pipeline / step"), edit]))
 PY
 )" || ref_stages="n/a|n/a|n/a"
-        REF_ROW="f32|no|$seconds s|$peak GiB|$ref_stages"
-    else
-        echo "   the reference failed; see $OUT/reference.log" >&2
-        tail -20 "$OUT/reference.log" >&2 || true
-        REF_ROW="f32|no|failed|failed|n/a|n/a|n/a"
-    fi
+            echo "$ref_dtype|no|$seconds s|$peak GiB|$ref_stages" >> "$REF_ROWS"
+        else
+            echo "   the reference failed; see $OUT/$name.log" >&2
+            tail -20 "$OUT/$name.log" >&2 || true
+            echo "$ref_dtype|no|failed|failed|n/a|n/a|n/a" >> "$REF_ROWS"
+        fi
+    done
 fi
 
 echo
@@ -226,20 +241,27 @@ echo "|---|---|---|---:|---:|---:|---:|---:|"
 while IFS='|' read -r dtype low wall peak load step fixed; do
     echo "| editmgt-rs | $dtype | ${low:-no} | $wall | $peak | $load | $step | $fixed |"
 done < "$ROWS"
-if [[ -n "$REF_ROW" ]]; then
-    IFS='|' read -r dtype low wall peak load step fixed <<< "$REF_ROW"
+REF_FAILED=0
+while IFS='|' read -r dtype low wall peak load step fixed; do
     echo "| PyTorch reference | $dtype | $low | $wall | $peak | $load | $step | $fixed |"
-    # Ratios of the f32 default run to the reference (below 1: we are faster / smaller).
-    ours="$(grep '^f32||' "$ROWS" || true)"
-    if [[ -n "$ours" && "$wall" != failed ]]; then
-        IFS='|' read -r _ _ our_wall our_peak _ our_step our_fixed <<< "$ours"
-        ratio() { awk -v a="${1% *}" -v b="${2% *}" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "n/a" }'; }
-        echo
-        echo "f32 editmgt-rs / reference: time $(ratio "$our_wall" "$wall")," \
-            "step $(ratio "$our_step" "$step"), edit minus steps 2..N $(ratio "$our_fixed" "$fixed")," \
-            "peak memory $(ratio "$our_peak" "$peak")"
-    fi
-    [[ "$wall" == failed ]] && exit 1
+    [[ "$wall" == failed ]] && REF_FAILED=1
+done < "$REF_ROWS"
+# Ratios of each of our default runs to each reference run (below 1: we are faster / smaller).
+ratio() { awk -v a="${1% *}" -v b="${2% *}" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf "%.2f", a / b; else printf "n/a" }'; }
+if [[ -s "$REF_ROWS" ]]; then
+    echo
+    while IFS='|' read -r our_dtype our_low our_wall our_peak _ our_step our_fixed; do
+        [[ -n "$our_low" || "$our_wall" == failed ]] && continue
+        while IFS='|' read -r ref_dtype _ wall peak _ step fixed; do
+            [[ "$wall" == failed ]] && continue
+            echo "$our_dtype editmgt-rs / $ref_dtype reference: time $(ratio "$our_wall" "$wall")," \
+                "step $(ratio "$our_step" "$step"), edit minus steps 2..N $(ratio "$our_fixed" "$fixed")," \
+                "peak memory $(ratio "$our_peak" "$peak")"
+        done < "$REF_ROWS"
+    done < "$ROWS"
+fi
+if [[ "$WITH_REFERENCE" == 1 ]]; then
+    [[ "$REF_FAILED" == 1 ]] && exit 1
     if [[ "$FORWARD_OK" != 1 ]]; then
         echo "the real-size forward check failed; see $OUT/forward_check.log" >&2
         exit 1
