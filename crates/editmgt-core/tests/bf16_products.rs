@@ -137,3 +137,43 @@ fn autodiff_tensors_take_burns_product_and_keep_their_gradients() {
     let grad = w.grad(&grads).expect("a gradient for the weight");
     assert_eq!(grad.dims(), [16, 8]);
 }
+
+#[test]
+fn f32_products_equal_burns_linear() {
+    // `f32` weights take the direct `gemm` product on flex: the same values as Burn's `linear`
+    // up to the order of the bias addition, for slices and transposed views of a weight, inputs
+    // that are views, and products large enough to run on the thread pool.
+    let device = Device::flex();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let (k, n) = (70, 45);
+    let full = Tensor::<2>::random([2 * k, n], normal, &device);
+    let stored = Tensor::<2>::random([n, k], normal, &device);
+    let b = Tensor::<1>::random([n], normal, &device);
+    let x = Tensor::<3>::random([2, 33, k], normal, &device);
+    for weight in [
+        full.clone().narrow(0, k, k),
+        full.narrow(0, 0, k),
+        stored.transpose(),
+    ] {
+        for bias in [Some(b.clone()), None] {
+            let got = linear_weights(x.clone(), weight.clone(), bias.clone());
+            let want = burn::tensor::module::linear(x.clone(), weight.clone(), bias);
+            assert_eq!(got.dims(), [2, 33, n]);
+            let err = relative_error(got, want);
+            assert!(err < 1e-6, "relative error {err:e}");
+        }
+    }
+    let x = Tensor::<2>::random([k, 20], normal, &device).transpose();
+    let w = Tensor::<2>::random([k, n], normal, &device);
+    let got = linear_weights(x.clone(), w.clone(), Some(b.clone()));
+    let want = burn::tensor::module::linear(x, w, Some(b));
+    assert!(relative_error(got, want) < 1e-6);
+    let (m, k, n) = (300, 256, 200);
+    let x = Tensor::<2>::random([m, k], normal, &device);
+    let w = Tensor::<2>::random([k, n], normal, &device);
+    let b = Tensor::<1>::random([n], normal, &device);
+    let got = linear_weights(x.clone(), w.clone(), Some(b.clone()));
+    let want = burn::tensor::module::linear(x, w, Some(b));
+    assert_eq!(got.dims(), [m, n]);
+    assert!(relative_error(got, want) < 1e-6);
+}

@@ -72,18 +72,37 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     linear_weights(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
+/// Name of the environment variable that turns [`linear_weights`]' direct `f32` product off when
+/// set to `0` (Burn's `linear` then runs).
+pub const DIRECT_LINEAR_ENV: &str = "EDITMGT_DIRECT_LINEAR";
+
+/// Whether the direct `f32` product may run (`$EDITMGT_DIRECT_LINEAR` is not `0`), read once.
+#[cfg(feature = "flex")]
+fn direct_linear() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var(DIRECT_LINEAR_ENV).map_or(true, |v| v.trim() != "0"))
+}
+
 /// `x weight + bias` for `x` `[.., k]`, `weight` `[k, n]` (any strides: a slice of a larger
 /// weight is read in place) and `bias` `[n]`.
 ///
 /// With a bf16 weight and an `f32` input on the `flex` backend (and [`isa`] not `None`) this is
-/// the bf16 kernel; otherwise Burn's `linear`, the weight and bias cast to `x`'s float type when
-/// they differ from it. The result has `x`'s float type.
+/// the bf16 kernel. With both in `f32` on `flex` it is one `gemm` product written straight into
+/// the output, which starts as the bias rows ([`DIRECT_LINEAR_ENV`] turns that off). Otherwise,
+/// and for autodiff tensors, it is Burn's `linear`, the weight and bias cast to `x`'s float type
+/// when they differ from it. The result has `x`'s float type.
 pub fn linear_weights<const D: usize>(
     x: Tensor<D>,
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
 ) -> Tensor<D> {
     if let Some(out) = kernel_product(&x, &weight, bias.as_ref()) {
+        return out;
+    }
+    #[cfg(feature = "flex")]
+    if direct_linear()
+        && let Some(out) = flex::linear_f32(&x, &weight, bias.as_ref())
+    {
         return out;
     }
     let dtype = x.dtype();
