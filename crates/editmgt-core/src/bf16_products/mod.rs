@@ -15,6 +15,11 @@
 //!
 //! `EDITMGT_BF16_PRODUCTS=0` in the environment turns the kernel off ([`isa`] returns `None`),
 //! for side-by-side measurements.
+//!
+//! The same entry point also holds the `f32` linear layers' fast path on `flex` (one `gemm`
+//! product written straight into an output that starts as the bias rows; see
+//! [`linear_weights`]), so every linear layer of every model goes through this module whatever
+//! its dtype.
 
 #[cfg(feature = "flex")]
 mod flex;

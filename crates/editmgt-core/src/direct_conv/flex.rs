@@ -7,7 +7,7 @@ use burn_flex::FlexTensor;
 
 use super::InputNorm;
 use super::kernel::{self, ConvShape, Input, InputMap, Upsample};
-use crate::flex_values::{RowMajor, tensor};
+use crate::flex_values::{RowMajor, forward_strides, tensor};
 
 /// Whether the kernel takes `input` with `options`.
 pub(super) fn takes(input: &Tensor<4>, options: &ConvOptions<2>) -> bool {
@@ -129,19 +129,13 @@ fn rows_contiguous(t: FlexTensor) -> Option<(FlexTensor, [usize; 3])> {
     if t.dtype() != DType::F32 {
         return None;
     }
-    let shape: [usize; 4] = t.layout().shape().to_vec().try_into().ok()?;
-    let strides: Option<Vec<usize>> = t
-        .layout()
-        .strides()
-        .iter()
-        .map(|&s| usize::try_from(s).ok())
-        .collect();
-    if let Some(s) = strides
-        && (s[3] == 1 || shape[3] <= 1)
-    {
-        return Some((t, [s[0], s[1], s[2]]));
+    let (t, s) = forward_strides(t);
+    let &[images, channels, rows, columns] = &s[..] else {
+        return None;
+    };
+    let [_, c, h, w]: [usize; 4] = t.layout().shape().to_vec().try_into().ok()?;
+    if columns == 1 || w <= 1 {
+        return Some((t, [images, channels, rows]));
     }
-    let t = t.to_contiguous();
-    let [_, c, h, w] = shape;
-    Some((t, [c * h * w, h * w, w]))
+    Some((t.to_contiguous(), [c * h * w, h * w, w]))
 }
