@@ -16,6 +16,8 @@
 
 use rayon::prelude::*;
 
+use super::winograd;
+
 /// Output columns (of the padded width) one task accumulates: a `[Co, columns]` tile.
 const TILE_COLUMNS: usize = 1024;
 /// The fewest output channels a task computes when channels are split between tasks.
@@ -78,7 +80,7 @@ impl ConvShape {
 
 /// A raw pointer to the output that tasks share; each writes only its own rows.
 #[derive(Clone, Copy)]
-struct Output(*mut f32);
+pub(super) struct Output(*mut f32);
 // SAFETY: tasks write disjoint elements (their own output rows of every channel), and the
 // buffer outlives the parallel loop that uses the pointer.
 #[allow(unsafe_code)]
@@ -91,6 +93,23 @@ impl Output {
     /// than its raw pointer field).
     fn at(&self, at: usize) -> *mut f32 {
         self.0.wrapping_add(at)
+    }
+
+    /// The output `out`, shared.
+    pub(super) fn new(out: &mut [f32]) -> Self {
+        Self(out.as_mut_ptr())
+    }
+
+    /// Elements `at..at + len` and `at + len..at + 2 * len`: two consecutive output rows.
+    ///
+    /// # Safety
+    /// Both rows are inside the output, and no other task reads or writes them while the
+    /// slices live.
+    #[allow(unsafe_code)]
+    pub(super) unsafe fn rows(&self, at: usize, len: usize) -> (&mut [f32], &mut [f32]) {
+        // SAFETY: the caller's contract.
+        let both = unsafe { std::slice::from_raw_parts_mut(self.at(at), 2 * len) };
+        both.split_at_mut(len)
     }
 }
 
@@ -275,6 +294,21 @@ pub fn conv2d_input(
     };
     let plane = if direct { h * w } else { plane };
     debug_assert!(right + left + w == wp);
+    if !direct && super::winograd_enabled() && winograd::takes([kh, kw], [ho, wo], [ci, co]) {
+        let input = winograd::Padded {
+            data: &padded,
+            plane,
+            width: wp,
+        };
+        let sizes = winograd::Sizes {
+            batch,
+            in_channels: ci,
+            out_channels: co,
+            output: [ho, wo],
+        };
+        winograd::conv3x3(input, weight, bias, sizes, &mut out);
+        return Ok(out);
+    }
 
     // Bands of whole output rows of about TILE_COLUMNS columns; when that leaves too few tasks
     // for the pool (small images), the output channels are split as well.
@@ -419,6 +453,11 @@ mod tests {
             (1, 2, [7, 6], 3, [2, 3], [[0, 2], [1, 0]]),
             // Few rows, many channels: output channels split between tasks.
             (1, 3, [5, 5], 70, [3, 3], [[1, 1], [1, 1]]),
+            // Winograd's F(2x2, 3x3) (even output sizes, at least 256 tiles; checked below): two
+            // bands of tile rows per image; channels split between tasks; asymmetric padding.
+            (2, 5, [32, 34], 7, [3, 3], [[1, 1], [1, 1]]),
+            (1, 4, [32, 32], 70, [3, 3], [[1, 1], [1, 1]]),
+            (1, 4, [33, 32], 5, [3, 3], [[1, 0], [1, 1]]),
         ] {
             let shape = ConvShape {
                 batch,
@@ -428,6 +467,10 @@ mod tests {
                 kernel,
                 padding,
             };
+            if size[1] == 32 || size[1] == 34 {
+                let output = shape.output().unwrap();
+                assert!(winograd::takes(kernel, output, [ci, co]), "{shape:?}");
+            }
             let input = values(batch * ci * size[0] * size[1], 1);
             let weight = values(co * ci * kernel[0] * kernel[1], 2);
             let bias = values(co, 3);

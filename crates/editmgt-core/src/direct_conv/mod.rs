@@ -14,6 +14,12 @@
 //! operations before the convolution. [`conv2d_upsampled`] convolves rows of the x2 nearest
 //! upsampling of its input, which the kernel likewise makes while it copies the input.
 //!
+//! 3x3 convolutions with even output sizes, enough output (at least 256 2x2 tiles per image,
+//! so 32x32 and up) and at least 4 channels in and out run Winograd's `F(2x2, 3x3)` on the same padded copy instead of the
+//! nine tap products: 16 products over transformed tiles, 2.25 times fewer multiplications, the
+//! same values up to float rounding. `EDITMGT_WINOGRAD=0` ([`WINOGRAD_ENV`]) keeps the tap
+//! products.
+//!
 //! [`kernel`] knows nothing of EditMGT or of Burn's tensor types; it could move into burn-flex.
 //! `EDITMGT_DIRECT_CONV=0` in the environment turns it off.
 
@@ -21,6 +27,8 @@
 mod flex;
 #[cfg(feature = "flex")]
 pub mod kernel;
+#[cfg(feature = "flex")]
+mod winograd;
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -36,6 +44,18 @@ pub const DIRECT_CONV_ENV: &str = "EDITMGT_DIRECT_CONV";
 fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var(DIRECT_CONV_ENV).map_or(true, |v| v.trim() != "0"))
+}
+
+/// Name of the environment variable that, set to `0`, makes the direct kernel compute 3x3
+/// convolutions tap by tap instead of by Winograd's `F(2x2, 3x3)`.
+pub const WINOGRAD_ENV: &str = "EDITMGT_WINOGRAD";
+
+/// Whether the direct kernel may use Winograd's algorithm (`$EDITMGT_WINOGRAD` is not `0`),
+/// read once.
+#[cfg(feature = "flex")]
+fn winograd_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var(WINOGRAD_ENV).map_or(true, |v| v.trim() != "0"))
 }
 
 /// Whether [`conv2d`] runs the direct kernel for `input` with `options` (a plain `f32` flex
