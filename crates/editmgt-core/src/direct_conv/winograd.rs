@@ -179,84 +179,139 @@ pub(super) fn conv3x3(
     let capacity = rows * tiles_x;
     let output = Output::new(out);
     let u = &u[..];
-    tasks.into_par_iter().for_each_init(
-        || {
-            (
-                vec![0.0f32; 16 * ci * capacity],
-                vec![0.0f32; 16 * channels * capacity],
-                vec![0.0f32; 4 * (2 * tiles_x + 2)],
+    let lengths = [
+        16 * ci * capacity,
+        16 * channels * capacity,
+        4 * (2 * tiles_x + 2),
+    ];
+    tasks.into_par_iter().for_each(|task| {
+        with_buffers(lengths, |[v, m, scratch]| {
+            band(
+                input,
+                u,
+                bias,
+                sizes,
+                &output,
+                [rows, channels],
+                task,
+                [v, m, scratch],
             )
-        },
-        |(v, m, scratch), (b, ty0, c0)| {
-            let n = rows.min(tiles_y - ty0);
-            let tb = n * tiles_x;
-            let mc = channels.min(co - c0);
-            // V: position, input channel, tile.
-            for c in 0..ci {
-                let plane = &input.data[(b * ci + c) * input.plane..];
-                for r in 0..n {
-                    let y = 2 * (ty0 + r);
-                    let row = |i: usize| &plane[(y + i) * input.width..(y + i + 1) * input.width];
-                    input_tiles(
-                        [row(0), row(1), row(2), row(3)],
-                        tiles_x,
-                        &mut v[c * tb + r * tiles_x..],
-                        ci * tb,
-                        scratch,
-                    );
-                }
+        })
+    });
+}
+
+/// The buffers one task works in (the transformed input, the products and a scratch row), of
+/// `lengths`: the running thread's own, kept between calls, so a task neither allocates nor
+/// zeroes them (every element a task reads it has written first).
+fn with_buffers<R>(lengths: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) -> R) -> R {
+    thread_local! {
+        static BUFFERS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let total: usize = lengths.iter().sum();
+    fn split(all: &mut [f32], lengths: [usize; 3]) -> [&mut [f32]; 3] {
+        let (v, rest) = all.split_at_mut(lengths[0]);
+        let (m, rest) = rest.split_at_mut(lengths[1]);
+        [v, m, &mut rest[..lengths[2]]]
+    }
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut all) => {
+            if all.len() < total {
+                all.resize(total, 0.0);
             }
-            for p in 0..16 {
-                // M_p [mc, tb] = U_p [mc, ci] x V_p [ci, tb].
-                // SAFETY: M_p and V_p are inside `m` (`16 * channels * capacity`) and `v`
-                // (`16 * ci * capacity`); U_p's rows c0..c0 + mc (row stride 16 ci) are inside
-                // `u` (`co * 16 * ci`).
-                #[allow(unsafe_code)]
-                unsafe {
-                    gemm::gemm(
-                        mc,
-                        tb,
-                        ci,
-                        m[p * mc * tb..].as_mut_ptr(),
-                        1,
-                        tb as isize,
-                        false,
-                        u[(c0 * 16 + p) * ci..].as_ptr(),
-                        1,
-                        (16 * ci) as isize,
-                        v[p * ci * tb..].as_ptr(),
-                        1,
-                        tb as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            }
-            for i in 0..mc {
-                let c = c0 + i;
-                let add = bias.map_or(0.0, |bias| bias[c]);
-                for r in 0..n {
-                    let y = 2 * (ty0 + r);
-                    let at = ((b * co + c) * ho + y) * wo;
-                    // SAFETY: output rows y and y + 1 of channel c of image b belong to this
-                    // task alone (its tile rows, its channels), and `at + 2 * wo` is within the
-                    // output.
-                    #[allow(unsafe_code)]
-                    let (top, bottom) = unsafe { output.rows(at, wo) };
-                    output_tiles(
-                        &m[i * tb + r * tiles_x..],
-                        mc * tb,
-                        tiles_x,
-                        add,
-                        top,
-                        bottom,
-                    );
-                }
-            }
-        },
-    );
+            f(split(&mut all[..total], lengths))
+        }
+        // Re-entered on this thread (a task waiting inside another): a buffer of its own.
+        Err(_) => f(split(&mut vec![0.0; total], lengths)),
+    })
+}
+
+/// One task: output tile rows `ty0..ty0 + rows` (fewer at the end) of image `b`, output channels
+/// `c0..c0 + channels` (fewer at the end).
+#[allow(clippy::too_many_arguments)]
+fn band(
+    input: Padded<'_>,
+    u: &[f32],
+    bias: Option<&[f32]>,
+    sizes: Sizes,
+    output: &Output,
+    [rows, channels]: [usize; 2],
+    (b, ty0, c0): (usize, usize, usize),
+    [v, m, scratch]: [&mut [f32]; 3],
+) {
+    let Sizes {
+        in_channels: ci,
+        out_channels: co,
+        output: [ho, wo],
+        ..
+    } = sizes;
+    let (tiles_y, tiles_x) = (ho / 2, wo / 2);
+    let n = rows.min(tiles_y - ty0);
+    let tb = n * tiles_x;
+    let mc = channels.min(co - c0);
+    // V: position, input channel, tile.
+    for c in 0..ci {
+        let plane = &input.data[(b * ci + c) * input.plane..];
+        for r in 0..n {
+            let y = 2 * (ty0 + r);
+            let row = |i: usize| &plane[(y + i) * input.width..(y + i + 1) * input.width];
+            input_tiles(
+                [row(0), row(1), row(2), row(3)],
+                tiles_x,
+                &mut v[c * tb + r * tiles_x..],
+                ci * tb,
+                scratch,
+            );
+        }
+    }
+    for p in 0..16 {
+        // M_p [mc, tb] = U_p [mc, ci] x V_p [ci, tb].
+        // SAFETY: M_p and V_p are inside `m` (`16 * channels * capacity`) and `v`
+        // (`16 * ci * capacity`); U_p's rows c0..c0 + mc (row stride 16 ci) are inside
+        // `u` (`co * 16 * ci`).
+        #[allow(unsafe_code)]
+        unsafe {
+            gemm::gemm(
+                mc,
+                tb,
+                ci,
+                m[p * mc * tb..].as_mut_ptr(),
+                1,
+                tb as isize,
+                false,
+                u[(c0 * 16 + p) * ci..].as_ptr(),
+                1,
+                (16 * ci) as isize,
+                v[p * ci * tb..].as_ptr(),
+                1,
+                tb as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    }
+    for i in 0..mc {
+        let c = c0 + i;
+        let add = bias.map_or(0.0, |bias| bias[c]);
+        for r in 0..n {
+            let y = 2 * (ty0 + r);
+            let at = ((b * co + c) * ho + y) * wo;
+            // SAFETY: output rows y and y + 1 of channel c of image b belong to this
+            // task alone (its tile rows, its channels), and `at + 2 * wo` is within the
+            // output.
+            #[allow(unsafe_code)]
+            let (top, bottom) = unsafe { output.rows(at, wo) };
+            output_tiles(
+                &m[i * tb + r * tiles_x..],
+                mc * tb,
+                tiles_x,
+                add,
+                top,
+                bottom,
+            );
+        }
+    }
 }
