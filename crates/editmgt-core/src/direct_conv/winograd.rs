@@ -200,9 +200,13 @@ pub(super) fn conv3x3(
     });
 }
 
+/// The most `f32`s a pool thread keeps for [`with_buffers`] between calls (32 MiB; the VQ's
+/// largest task at 1024x1024 needs about 19 MiB).
+const RETAINED: usize = 8 << 20;
+
 /// The buffers one task works in (the transformed input, the products and a scratch row), of
-/// `lengths`: the running thread's own, kept between calls, so a task neither allocates nor
-/// zeroes them (every element a task reads it has written first).
+/// `lengths`: the running thread's own, kept between calls (up to [`RETAINED`] values), so a
+/// task neither allocates nor zeroes them (every element a task reads it has written first).
 fn with_buffers<R>(lengths: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) -> R) -> R {
     thread_local! {
         static BUFFERS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -214,14 +218,15 @@ fn with_buffers<R>(lengths: [usize; 3], f: impl FnOnce([&mut [f32]; 3]) -> R) ->
         [v, m, &mut rest[..lengths[2]]]
     }
     BUFFERS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut all) => {
+        Ok(mut all) if total <= RETAINED => {
             if all.len() < total {
                 all.resize(total, 0.0);
             }
             f(split(&mut all[..total], lengths))
         }
-        // Re-entered on this thread (a task waiting inside another): a buffer of its own.
-        Err(_) => f(split(&mut vec![0.0; total], lengths)),
+        // Too large to keep, or re-entered on this thread (a task waiting inside another): a
+        // buffer of its own.
+        _ => f(split(&mut vec![0.0; total], lengths)),
     })
 }
 
