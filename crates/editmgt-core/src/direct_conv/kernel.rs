@@ -106,7 +106,7 @@ impl Output {
     /// Both rows are inside the output, and no other task reads or writes them while the
     /// slices live.
     #[allow(unsafe_code)]
-    pub(super) unsafe fn rows(&self, at: usize, len: usize) -> (&mut [f32], &mut [f32]) {
+    pub(super) unsafe fn rows<'a>(self, at: usize, len: usize) -> (&'a mut [f32], &'a mut [f32]) {
         // SAFETY: the caller's contract.
         let both = unsafe { std::slice::from_raw_parts_mut(self.at(at), 2 * len) };
         both.split_at_mut(len)
