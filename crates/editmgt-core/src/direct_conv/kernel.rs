@@ -313,14 +313,7 @@ pub fn conv2d_input(
     // Bands of whole output rows of about TILE_COLUMNS columns; when that leaves too few tasks
     // for the pool (small images), the output channels are split as well.
     let rows = (TILE_COLUMNS / wp).clamp(1, ho);
-    let bands = batch * ho.div_ceil(rows);
-    let wanted = 4 * rayon::current_num_threads();
-    let channel_blocks = wanted.div_ceil(bands).min(co.div_ceil(MIN_CHANNELS)).max(1);
-    let channels = co.div_ceil(channel_blocks);
-    let tasks: Vec<(usize, usize, usize)> = (0..batch)
-        .flat_map(|b| (0..ho).step_by(rows).map(move |y| (b, y)))
-        .flat_map(|(b, y)| (0..co).step_by(channels).map(move |c| (b, y, c)))
-        .collect();
+    let (channels, tasks) = split_tasks(batch, ho, rows, co);
     let output = Output(out.as_mut_ptr());
     let padded = &padded[..];
     tasks.into_par_iter().for_each_init(
@@ -384,6 +377,28 @@ pub fn conv2d_input(
         },
     );
     Ok(out)
+}
+
+/// The tasks of a convolution whose `batch` images have `height` rows (output rows, or tile
+/// rows) computed `rows` at a time: `(image, first row, first output channel)`, and the output
+/// channels each task computes. When the row bands leave too few tasks for the pool (small
+/// images), the `co` output channels are split as well, in blocks of at least
+/// [`MIN_CHANNELS`].
+pub(super) fn split_tasks(
+    batch: usize,
+    height: usize,
+    rows: usize,
+    co: usize,
+) -> (usize, Vec<(usize, usize, usize)>) {
+    let bands = batch * height.div_ceil(rows);
+    let wanted = 4 * rayon::current_num_threads();
+    let channel_blocks = wanted.div_ceil(bands).min(co.div_ceil(MIN_CHANNELS)).max(1);
+    let channels = co.div_ceil(channel_blocks);
+    let tasks = (0..batch)
+        .flat_map(|b| (0..height).step_by(rows).map(move |y| (b, y)))
+        .flat_map(|(b, y)| (0..co).step_by(channels).map(move |c| (b, y, c)))
+        .collect();
+    (channels, tasks)
 }
 
 widest! {

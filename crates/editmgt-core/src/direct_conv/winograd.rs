@@ -15,12 +15,10 @@
 
 use rayon::prelude::*;
 
-use super::kernel::Output;
+use super::kernel::{Output, split_tasks};
 
 /// Output tiles (2x2) one task transforms and multiplies: the products' shared dimension.
 const TILES: usize = 256;
-/// The fewest output channels a task computes when channels are split between tasks.
-const MIN_CHANNELS: usize = 32;
 /// The fewest input and output channels a convolution needs for this kernel.
 const MIN_WIDTH: usize = 4;
 
@@ -168,14 +166,7 @@ pub(super) fn conv3x3(
     // Bands of whole tile rows of about TILES tiles; when that leaves too few tasks for the
     // pool (small images), the output channels are split as well.
     let rows = (TILES / tiles_x).clamp(1, tiles_y);
-    let bands = batch * tiles_y.div_ceil(rows);
-    let wanted = 4 * rayon::current_num_threads();
-    let channel_blocks = wanted.div_ceil(bands).min(co.div_ceil(MIN_CHANNELS)).max(1);
-    let channels = co.div_ceil(channel_blocks);
-    let tasks: Vec<(usize, usize, usize)> = (0..batch)
-        .flat_map(|b| (0..tiles_y).step_by(rows).map(move |y| (b, y)))
-        .flat_map(|(b, y)| (0..co).step_by(channels).map(move |c| (b, y, c)))
-        .collect();
+    let (channels, tasks) = split_tasks(batch, tiles_y, rows, co);
     let capacity = rows * tiles_x;
     let output = Output::new(out);
     let u = &u[..];
